@@ -1,0 +1,30 @@
+# One-command set-up: `make serve` and `make test` create .venv and install everything first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first, pinned: a later resolve then keeps it instead of pulling a CUDA build.
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[asr,dev]' -c constraints.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/asr-server serve
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .cache
