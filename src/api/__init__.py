@@ -1,0 +1,1 @@
+"""HTTP routers: thin adapters from the wire to `asr_server.service`."""

@@ -1,0 +1,191 @@
+"""One typed settings object, read from the environment, a `.env` file and CLI flags.
+
+Every field has a docstring: the README's settings table is generated from them
+(`asr-server settings-table`), so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_LARGE_MODEL = "Qwen/Qwen3-ASR-1.7B"
+DEFAULT_SMALL_MODEL = "Qwen/Qwen3-ASR-0.6B"
+DEFAULT_ALIGNER = "Qwen/Qwen3-ForcedAligner-0.6B"
+# 1.7B in bf16 needs ~4 GB of weights plus activations; below this much free memory take 0.6B.
+LARGE_MODEL_MIN_FREE_GPU_BYTES = 10 * 1024**3
+
+
+class EngineName(str, Enum):
+    transformers = "transformers"
+    fake = "fake"
+    vllm = "vllm"
+
+
+class Settings(BaseSettings):
+    """Service settings. Environment variables use the field name in upper case (e.g. `MODEL_ID`)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", use_attribute_docstrings=True
+    )
+
+    # --- model -------------------------------------------------------------------------------
+    model_id: str | None = None
+    """Hub id or local directory of the Qwen3-ASR model. Unset: `Qwen/Qwen3-ASR-1.7B` when a GPU with
+    at least 10 GiB free is present, `Qwen/Qwen3-ASR-0.6B` otherwise."""
+
+    forced_aligner_id: str | None = DEFAULT_ALIGNER
+    """Hub id or local directory of Qwen3-ForcedAligner, used for accurate subtitle timing. Empty
+    disables accurate timing (subtitles then use the fast heuristic)."""
+
+    asr_engine: EngineName = EngineName.transformers
+    """Inference engine: `transformers` (qwen-asr, default), `fake` (deterministic, for API tests and
+    demos; never for real use), `vllm` (later)."""
+
+    device: str = "auto"
+    """Torch device for the model: `auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Model weights dtype. `auto`: bfloat16 on GPU, float32 on CPU (bf16 is slower on most CPUs)."""
+
+    max_new_tokens: int = Field(default=512, ge=1, le=8192)
+    """Most tokens generated per audio chunk."""
+
+    cpu_threads: int = Field(default=0, ge=0)
+    """Torch intra-op threads on CPU; 0 = one per physical core as torch decides."""
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    idle_timeout: float = Field(default=0.0, ge=0)
+    """Seconds without any work before the model is unloaded to free memory; 0 = never unload.
+    The next request loads it again."""
+
+    preload: bool = False
+    """Load (and warm up) the model when the server starts instead of on the first request."""
+
+    warmup: bool = True
+    """Run one short silent clip through the model right after it loads."""
+
+    # --- server ------------------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    """Address to listen on."""
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port to listen on."""
+
+    request_timeout: float = Field(default=300.0, gt=0)
+    """Seconds a request may wait in the queue and run before it is answered with 504."""
+
+    max_upload_mb: float = Field(default=100.0, gt=0)
+    """Largest accepted upload in MiB; larger uploads get 413."""
+
+    max_audio_seconds: float = Field(default=1200.0, gt=0)
+    """Longest accepted audio in seconds (qwen-asr's own limit per chunk is 1200 s); longer gets 413."""
+
+    queue_max: int = Field(default=64, ge=1)
+    """Most jobs waiting in the inference queue; beyond it requests get 429 with Retry-After."""
+
+    max_batch_size: int = Field(default=8, ge=1)
+    """Most compatible jobs run as one `transcribe()` batch."""
+
+    batch_wait_ms: float = Field(default=10.0, ge=0)
+    """How long the worker waits for more jobs to fill a batch after the first one arrives."""
+
+    queue_aging_s: float = Field(default=5.0, gt=0)
+    """Seconds of waiting that lift a queued job by one priority level, so uploads are never starved
+    by streams."""
+
+    # --- logging -----------------------------------------------------------------------------
+    log_level: str = "INFO"
+    """Log level: DEBUG, INFO, WARNING, ERROR."""
+
+    log_json: bool = False
+    """Write log lines as JSON objects (one per line)."""
+
+    log_file: Path | None = None
+    """Also write logs to this file, rotated at 50 MB and kept for 7 days."""
+
+    # --- translation -------------------------------------------------------------------------
+    openai_base_url: str | None = None
+    """Base URL of the OpenAI-compatible LLM used for translation (e.g. http://localhost:11434/v1)."""
+
+    openai_api_key: SecretStr = SecretStr("not-needed")
+    """API key for the translation LLM."""
+
+    translate_model: str | None = None
+    """Model name for translation on the LLM server."""
+
+    translate_batch_size: int = Field(default=40, ge=1)
+    """Subtitle cues sent per LLM call."""
+
+    translate_max_concurrency: int = Field(default=4, ge=1)
+    """Most concurrent LLM calls."""
+
+    translate_timeout: float = Field(default=120.0, gt=0)
+    """Seconds one LLM call may take."""
+
+    # --- security ----------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Comma-separated API keys; empty = no authentication."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def resolved_model_id(self) -> str:
+        """The model to load: the configured one, or a default that fits the hardware."""
+        if self.model_id:
+            return self.model_id
+        return DEFAULT_LARGE_MODEL if _free_gpu_bytes() >= LARGE_MODEL_MIN_FREE_GPU_BYTES else DEFAULT_SMALL_MODEL
+
+
+def _free_gpu_bytes() -> int:
+    """Free memory of the first CUDA device, asked of the driver through nvidia-smi (no torch import)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        return int(out.splitlines()[0].strip()) * 1024 * 1024
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return 0
+
+
+def settings_table() -> str:
+    """Markdown table of every setting: name, default, description (from the field docstrings)."""
+    rows = ["| Setting | Default | Description |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        if isinstance(default, Enum):
+            default = default.value
+        if isinstance(default, SecretStr):
+            default = "(secret)"
+        description = " ".join((field.description or "").split())
+        rows.append(f"| `{name.upper()}` | `{default}` | {description} |")
+    return "\n".join(rows)

@@ -1,0 +1,64 @@
+"""Everything a request handler needs, built once per app and injected (never module globals)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+from asr_server.config import Settings
+from asr_server.queue import PriorityInferQueue
+from asr_server.service import TranscriptionService
+from asr_server.worker import ModelWorker
+from fastapi import Depends, Request
+
+T = TypeVar("T")
+
+
+@dataclass
+class AppServices:
+    settings: Settings
+    queue: PriorityInferQueue
+    worker: ModelWorker
+    transcription: TranscriptionService
+
+
+def get_services(request: Request) -> AppServices:
+    return request.app.state.services
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.services.settings
+
+
+ServicesDep = Annotated[AppServices, Depends(get_services)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (its queued job is then dropped).
+
+    The body has been read by the time handlers run, so the next ASGI message is the disconnect.
+    """
+    work_task = asyncio.ensure_future(work)
+
+    async def wait_disconnect() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait({work_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work_task.cancel()
+        watcher.cancel()
+        raise
+    if not work_task.done():
+        work_task.cancel()
+        watcher.cancel()
+        raise asyncio.CancelledError("client disconnected")
+    watcher.cancel()
+    return work_task.result()

@@ -1,0 +1,78 @@
+"""The engine contract: what the worker calls, and the plain data that crosses it.
+
+Engines are synchronous and not thread-safe; the worker calls them from one dedicated thread.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TranscribeItem:
+    """One clip to transcribe: 16 kHz mono float32 audio, a forced language name or None, context text."""
+
+    audio: np.ndarray
+    language: str | None = None
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str  # the model's language name ("English"); "" when the model said none
+
+
+@dataclass(frozen=True)
+class AlignItem:
+    audio: np.ndarray
+    text: str
+    language: str
+
+
+@dataclass(frozen=True)
+class AlignedUnit:
+    """A word (or CJK character) with its time in seconds from the start of the aligned clip."""
+
+    text: str
+    start: float
+    end: float
+
+
+class Engine(ABC):
+    """A loaded-on-demand speech model. `load` may be slow and may raise; `unload` frees memory."""
+
+    name: str = "engine"
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def unload(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def loaded(self) -> bool: ...
+
+    def warmup(self) -> None:
+        """Run one short silent clip so the first real request pays no one-off costs."""
+        self.transcribe([TranscribeItem(audio=np.zeros(16_000, dtype=np.float32), language="English")])
+
+    @abstractmethod
+    def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
+        """Transcribe a batch; one result per item, in order."""
+
+    @property
+    def supports_alignment(self) -> bool:
+        return False
+
+    def align(self, items: list[AlignItem]) -> list[list[AlignedUnit]]:
+        """Word/character timestamps for text known to be spoken in each clip."""
+        raise NotImplementedError(f"engine {self.name} has no forced aligner")
+
+    def describe(self) -> dict[str, object]:
+        """What /ready and the logs report about this engine."""
+        return {"engine": self.name}

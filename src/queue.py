@@ -1,0 +1,169 @@
+"""`PriorityInferQueue`: a bounded priority queue that hands the worker batches of compatible jobs.
+
+- Lower priority number first (WebSocket work 0, HTTP 1), FIFO within a priority.
+- Aging: a job's effective priority drops by one level per `aging_s` waited, so uploads are never
+  starved by a steady stream of live audio. Effective priority `p - (now - t)/aging_s` orders jobs the
+  same way as the static key `p + t/aging_s` (the `now` term is common to all), so a plain heap works.
+- Bounded: `submit` raises `QueueFull` (429 with Retry-After) beyond `max_size` live jobs.
+- A job whose future was cancelled (client gone) is dropped when popped and never run; one whose
+  deadline has passed is failed with `JobTimeout` (504) instead of being run.
+- `next_batch` returns jobs with the same `batch_key`, at most `max_batch_size`, waiting at most
+  `batch_wait_s` after the first one for more to arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from asr_server.errors import JobTimeout, QueueFull
+
+PRIORITY_STREAM = 0
+PRIORITY_HTTP = 1
+
+
+@dataclass(eq=False)
+class Job:
+    """One unit of work. `payload` is what the worker needs; `future` receives the result or error."""
+
+    payload: Any
+    batch_key: Hashable
+    priority: int
+    deadline: float  # time.monotonic() after which the job is answered with 504
+    future: asyncio.Future[Any]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+@dataclass(order=True)
+class _Entry:
+    key: float
+    seq: int
+    job: Job = field(compare=False)
+
+
+class PriorityInferQueue:
+    def __init__(self, max_size: int, aging_s: float = 5.0) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._max_size = max_size
+        self._aging_s = aging_s
+        self._heap: list[_Entry] = []
+        self._seq = itertools.count()
+        self._not_empty = asyncio.Event()
+        # Exponential moving average of seconds per job, for the Retry-After estimate.
+        self._seconds_per_job = 1.0
+
+    # --- producer side -----------------------------------------------------------------------
+    def submit(
+        self, payload: Any, *, priority: int, timeout: float, batch_key: Hashable = "default"
+    ) -> Job:
+        """Queue a job and return it; await `job.future` for the result. Raises QueueFull."""
+        self._drop_finished()
+        if len(self._heap) >= self._max_size:
+            raise QueueFull(
+                f"the server is busy: {len(self._heap)} jobs are queued; retry later",
+                headers={"Retry-After": str(self.retry_after_seconds())},
+            )
+        now = time.monotonic()
+        job = Job(
+            payload=payload,
+            batch_key=batch_key,
+            priority=priority,
+            deadline=now + timeout,
+            future=asyncio.get_running_loop().create_future(),
+            enqueued_at=now,
+        )
+        heapq.heappush(self._heap, _Entry(priority + now / self._aging_s, next(self._seq), job))
+        self._not_empty.set()
+        return job
+
+    def retry_after_seconds(self) -> int:
+        return max(1, math.ceil(self._seconds_per_job * max(1, len(self._heap))))
+
+    def record_service_time(self, seconds: float, jobs: int) -> None:
+        """Feed the Retry-After estimate with how long a batch of `jobs` took."""
+        if jobs > 0:
+            self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (seconds / jobs)
+
+    def __len__(self) -> int:
+        self._drop_finished()
+        return len(self._heap)
+
+    # --- consumer side -----------------------------------------------------------------------
+    async def next_batch(self, max_batch_size: int, batch_wait_s: float) -> list[Job]:
+        """Wait for work, then return 1..max_batch_size live jobs sharing the first job's batch key."""
+        while True:
+            first = await self._pop_live()
+            batch = [first]
+            if max_batch_size > 1:
+                batch.extend(self._take_compatible(first.batch_key, max_batch_size - 1))
+                wait_until = time.monotonic() + batch_wait_s
+                while len(batch) < max_batch_size and (remaining := wait_until - time.monotonic()) > 0:
+                    self._not_empty.clear()
+                    try:
+                        await asyncio.wait_for(self._not_empty.wait(), remaining)
+                    except TimeoutError:
+                        break
+                    batch.extend(self._take_compatible(first.batch_key, max_batch_size - len(batch)))
+            if self._heap:
+                self._not_empty.set()
+            live = [job for job in batch if not job.done]
+            if live:
+                return live
+
+    async def _pop_live(self) -> Job:
+        while True:
+            while not self._heap:
+                self._not_empty.clear()
+                await self._not_empty.wait()
+            job = heapq.heappop(self._heap).job
+            if self._is_runnable(job):
+                return job
+
+    def _take_compatible(self, batch_key: Hashable, limit: int) -> list[Job]:
+        """Remove up to `limit` runnable jobs with `batch_key`, in priority order."""
+        if limit <= 0 or not self._heap:
+            return []
+        taken: list[Job] = []
+        kept: list[_Entry] = []
+        for entry in sorted(self._heap):
+            job = entry.job
+            if len(taken) < limit and job.batch_key == batch_key:
+                if self._is_runnable(job):
+                    taken.append(job)
+            elif not job.done:
+                kept.append(entry)
+        heapq.heapify(kept)
+        self._heap = kept
+        return taken
+
+    def _is_runnable(self, job: Job) -> bool:
+        """False for cancelled/answered jobs (dropped) and expired ones (answered with 504 here)."""
+        if job.done:
+            return False
+        if time.monotonic() >= job.deadline:
+            job.future.set_exception(JobTimeout("the request timed out while waiting in the queue"))
+            return False
+        return True
+
+    def _drop_finished(self) -> None:
+        if any(entry.job.done for entry in self._heap):
+            self._heap = [entry for entry in self._heap if not entry.job.done]
+            heapq.heapify(self._heap)
+
+    def fail_all(self, error: BaseException) -> None:
+        """Answer every queued job with `error` (shutdown)."""
+        for entry in self._heap:
+            if not entry.job.done:
+                entry.job.future.set_exception(error)
+        self._heap.clear()

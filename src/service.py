@@ -1,0 +1,62 @@
+"""Serving logic between the HTTP layer and the queue: submit jobs, wait for them, shape results.
+
+No FastAPI here: the same calls serve REST, WebSocket and benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from asr_server.audio import DecodedAudio
+from asr_server.config import Settings
+from asr_server.engines import TranscribeItem, Transcript
+from asr_server.errors import JobTimeout
+from asr_server.queue import PRIORITY_HTTP, PriorityInferQueue
+from asr_server.worker import JobKind, ModelWorker
+
+
+@dataclass(frozen=True)
+class TranscriptionResult:
+    text: str
+    language: str | None  # the model's language name ("English"), None when unknown
+    duration: float
+
+
+class TranscriptionService:
+    def __init__(self, settings: Settings, queue: PriorityInferQueue, worker: ModelWorker) -> None:
+        self._settings = settings
+        self._queue = queue
+        self._worker = worker
+
+    async def submit(self, kind: JobKind, payload: Any, *, priority: int = PRIORITY_HTTP) -> Any:
+        """Queue one job and wait for its result. Raises QueueFull / JobTimeout / the job's own error.
+
+        Cancelling the awaiting task (client disconnected) cancels the job: the queue then drops it.
+        """
+        timeout = self._settings.request_timeout
+        job = self._queue.submit(payload, priority=priority, timeout=timeout, batch_key=(kind.value,))
+        try:
+            return await asyncio.wait_for(job.future, timeout)
+        except TimeoutError as exc:
+            raise JobTimeout(f"the request did not finish within REQUEST_TIMEOUT={timeout:g} s") from exc
+        finally:
+            if not job.future.done():
+                job.future.cancel()
+
+    async def transcribe(
+        self,
+        audio: DecodedAudio,
+        *,
+        language: str | None = None,
+        context: str = "",
+        priority: int = PRIORITY_HTTP,
+    ) -> TranscriptionResult:
+        item = TranscribeItem(audio=audio.samples, language=language, context=context)
+        transcript: Transcript = await self.submit(JobKind.transcribe, item, priority=priority)
+        return TranscriptionResult(
+            text=transcript.text.strip(),
+            language=transcript.language or language,
+            duration=audio.duration,
+        )

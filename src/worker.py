@@ -1,0 +1,223 @@
+"""The model worker: owns the engine's life and turns queued batches into results.
+
+- Lazy load on the first job (or at start with PRELOAD), warm-up after load, unload after
+  IDLE_TIMEOUT seconds with no work, reload on the next job. `touch()` counts as work (streams call
+  it), so a live stream keeps the model loaded.
+- `_do_transcribe(kind, payloads)` is the one dispatch point into an engine. It runs on a single
+  dedicated thread: engines are not thread-safe and must never block the event loop.
+- The loop never dies: every exception is caught, turned into an error on the jobs of the batch that
+  raised it, and the loop carries on. A failing batch is retried job by job so one bad input fails
+  only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from loguru import logger
+
+from asr_server.config import Settings
+from asr_server.engines import AlignItem, Engine, TranscribeItem
+from asr_server.errors import EngineUnavailable, InferenceError, ServiceError
+from asr_server.queue import Job, PriorityInferQueue
+
+# Seconds before a failed model load is tried again; in between, jobs fail fast with the reason.
+LOAD_RETRY_COOLDOWN_S = 10.0
+
+
+class JobKind(str, enum.Enum):
+    transcribe = "transcribe"
+    align = "align"
+
+
+class EngineState(str, enum.Enum):
+    unloaded = "unloaded"
+    loading = "loading"
+    ready = "ready"
+    failed = "failed"
+
+
+class ModelWorker:
+    def __init__(self, settings: Settings, engine: Engine, queue: PriorityInferQueue) -> None:
+        self._settings = settings
+        self.engine = engine
+        self._queue = queue
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._load_lock = asyncio.Lock()
+        self.state = EngineState.unloaded
+        self.load_error: str | None = None
+        self._failed_at = 0.0
+        self._last_activity = time.monotonic()
+        self._busy = False
+        self.load_seconds: float | None = None
+        self.batches_run = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run_loop(), name="worker-loop"),
+            asyncio.create_task(self._idle_monitor(), name="worker-idle"),
+        ]
+        if self._settings.preload:
+            try:
+                await self.ensure_loaded()
+            except ServiceError as exc:
+                logger.error("preload failed: {}", exc.message)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._queue.fail_all(EngineUnavailable("the server is shutting down"))
+        await self._in_thread(self.engine.unload)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def touch(self) -> None:
+        """Record activity so the idle timer does not unload the model (streams call this)."""
+        self._last_activity = time.monotonic()
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def ensure_loaded(self) -> None:
+        """Load the engine if needed. Raises EngineUnavailable with the reason when it cannot."""
+        if self.engine.loaded:
+            return
+        async with self._load_lock:
+            if self.engine.loaded:
+                return
+            if self.state == EngineState.failed and time.monotonic() - self._failed_at < LOAD_RETRY_COOLDOWN_S:
+                raise EngineUnavailable(f"the model is not available: {self.load_error}")
+            self.state = EngineState.loading
+            started = time.perf_counter()
+            try:
+                await self._in_thread(self.engine.load)
+                if self._settings.warmup:
+                    warm_started = time.perf_counter()
+                    await self._in_thread(self.engine.warmup)
+                    logger.info("warm-up took {:.2f} s", time.perf_counter() - warm_started)
+            except Exception as exc:
+                self.state = EngineState.failed
+                self._failed_at = time.monotonic()
+                self.load_error = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+                logger.error("model load failed: {}", self.load_error)
+                with contextlib.suppress(Exception):
+                    await self._in_thread(self.engine.unload)
+                raise EngineUnavailable(f"the model is not available: {self.load_error}") from exc
+            self.load_seconds = time.perf_counter() - started
+            self.state = EngineState.ready
+            self.load_error = None
+            self.touch()
+
+    async def _idle_monitor(self) -> None:
+        timeout = self._settings.idle_timeout
+        if timeout <= 0:
+            return
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            idle_for = time.monotonic() - self._last_activity
+            if self.engine.loaded and not self._busy and len(self._queue) == 0 and idle_for >= timeout:
+                async with self._load_lock:
+                    if self.engine.loaded and not self._busy:
+                        logger.info("unloading the model after {:.0f} s idle", idle_for)
+                        await self._in_thread(self.engine.unload)
+                        self.state = EngineState.unloaded
+
+    # --- the loop ----------------------------------------------------------------------------
+    async def _run_loop(self) -> None:
+        while True:
+            batch = await self._queue.next_batch(self._settings.max_batch_size, self._settings.batch_wait_ms / 1000)
+            try:
+                await self._process(batch)
+            except asyncio.CancelledError:
+                for job in batch:
+                    if not job.done:
+                        job.future.set_exception(EngineUnavailable("the server is shutting down"))
+                raise
+            except Exception as exc:  # the loop must survive anything
+                logger.exception("unexpected error in the worker loop")
+                _fail(batch, InferenceError(f"internal error: {type(exc).__name__}"))
+
+    async def _process(self, batch: list[Job]) -> None:
+        self._busy = True
+        self.touch()
+        try:
+            try:
+                await self.ensure_loaded()
+            except EngineUnavailable as exc:
+                _fail(batch, exc)
+                return
+            kind = batch[0].batch_key[0] if isinstance(batch[0].batch_key, tuple) else batch[0].batch_key
+            started = time.perf_counter()
+            outcomes = await self._run_with_isolation(JobKind(kind), batch)
+            self._queue.record_service_time(time.perf_counter() - started, len(batch))
+            self.batches_run += 1
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if job.done:  # cancelled or timed out while running: the result is dropped
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+        finally:
+            self._busy = False
+            self.touch()
+
+    async def _run_with_isolation(self, kind: JobKind, batch: list[Job]) -> list[Any]:
+        """Run the batch; if it raises, run each job alone so the error stays with the job that caused it."""
+        payloads = [job.payload for job in batch]
+        try:
+            return await self._in_thread(self._do_transcribe, kind, payloads)
+        except Exception as exc:
+            if len(batch) == 1:
+                return [_as_service_error(exc, kind)]
+            logger.warning("batch of {} failed ({}); retrying one by one", len(batch), type(exc).__name__)
+        outcomes: list[Any] = []
+        for job in batch:
+            if job.done:
+                outcomes.append(None)
+                continue
+            try:
+                outcomes.extend(await self._in_thread(self._do_transcribe, kind, [job.payload]))
+            except Exception as exc:
+                outcomes.append(_as_service_error(exc, kind))
+        return outcomes
+
+    def _do_transcribe(self, kind: JobKind, payloads: list[Any]) -> list[Any]:
+        """The single dispatch point into the engine (runs on the engine thread)."""
+        if kind == JobKind.align:
+            items: list[AlignItem] = payloads
+            return self.engine.align(items)
+        transcribe_items: list[TranscribeItem] = payloads
+        return self.engine.transcribe(transcribe_items)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "loaded": self.engine.loaded,
+            "error": self.load_error,
+            "queue_depth": len(self._queue),
+            **self.engine.describe(),
+        }
+
+
+def _as_service_error(exc: BaseException, kind: JobKind) -> ServiceError:
+    if isinstance(exc, ServiceError):
+        return exc
+    logger.opt(exception=exc).error("{} failed", kind.value)
+    return InferenceError(f"{kind.value} failed: {type(exc).__name__}")
+
+
+def _fail(batch: list[Job], error: ServiceError) -> None:
+    for job in batch:
+        if not job.done:
+            job.future.set_exception(error)

@@ -1,0 +1,62 @@
+"""Test helpers: a real uvicorn server on a loopback port, and audio made offline."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import soundfile as sf
+import uvicorn
+from fastapi import FastAPI
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(app: FastAPI) -> Iterator[str]:
+    """Serve `app` with uvicorn in a thread (lifespan included); yield its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def tone(seconds: float, sample_rate: int = 16_000, freq: float = 220.0, amplitude: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def noise(seconds: float, sample_rate: int = 16_000, amplitude: float = 0.1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (amplitude * rng.standard_normal(int(seconds * sample_rate))).astype(np.float32)
+
+
+def encode(samples: np.ndarray, sample_rate: int = 16_000, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+    """Encode samples into a file's bytes (WAV, FLAC, OGG...) with soundfile."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sample_rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def wav_bytes(seconds: float = 2.0, sample_rate: int = 16_000) -> bytes:
+    return encode(tone(seconds, sample_rate), sample_rate)

@@ -1,0 +1,239 @@
+"""The HTTP layer through a real server: the official openai SDK and httpx, with the fake engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from asr_server.config import Settings
+from asr_server.server import create_app
+
+from support import encode, noise, running_server, tone, wav_bytes
+
+
+def _settings(**overrides: object) -> Settings:
+    defaults: dict[str, object] = {"asr_engine": "fake", "max_upload_mb": 1.0, "max_audio_seconds": 30.0}
+    return Settings(**{**defaults, **overrides})
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with running_server(create_app(_settings())) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+
+
+def _error(response: httpx.Response) -> dict[str, object]:
+    body = response.json()
+    assert set(body) >= {"error"}
+    assert set(body["error"]) == {"message", "type", "code", "param"}
+    return body["error"]
+
+
+# --- the openai SDK, unchanged -----------------------------------------------------------------
+def test_sdk_json(client: openai.OpenAI) -> None:
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=("clip.wav", wav_bytes(2.0)), prompt="hello from the sdk", language="en"
+    )
+    assert result.text == "hello from the sdk"
+    extra = result.model_dump()
+    assert extra["language"] == "english" and extra["duration"] == pytest.approx(2.0)
+
+
+def test_sdk_text(client: openai.OpenAI) -> None:
+    text = client.audio.transcriptions.create(
+        model="whisper-1", file=("clip.wav", wav_bytes()), response_format="text", prompt="plain words"
+    )
+    assert isinstance(text, str) and text.strip() == "plain words"
+
+
+def test_sdk_verbose_json(client: openai.OpenAI) -> None:
+    result = client.audio.transcriptions.create(
+        model="whisper-1", file=("clip.wav", wav_bytes(3.0)), response_format="verbose_json", language="zh"
+    )
+    assert result.language == "chinese"
+    assert result.duration == pytest.approx(3.0)
+    assert result.text and result.segments and result.segments[0].text == result.text
+    assert result.segments[0].end == pytest.approx(3.0)
+
+
+def test_sdk_error_is_raised_with_openai_envelope(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        client.audio.transcriptions.create(model="whisper-1", file=("clip.wav", wav_bytes()), language="klingon")
+    assert raised.value.body["param"] == "language"
+    assert "en (English)" in raised.value.body["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("clip.flac", encode(tone(1.5), 16_000, "FLAC")),
+        ("clip.ogg", encode(tone(1.5, 48_000), 48_000, "OGG", "VORBIS")),
+        ("clip.wav", encode(noise(1.5, 8_000), 8_000, "WAV", "PCM_16")),
+        ("stereo.wav", encode(tone(1.5, 44_100)[:, None].repeat(2, axis=1), 44_100)),
+        ("clip.mp3", encode(tone(1.5, 44_100), 44_100, "MP3")),
+    ],
+)
+def test_formats_decode_to_the_right_duration(base_url: str, name: str, data: bytes) -> None:
+    response = httpx.post(f"{base_url}/transcribe", files={"file": (name, data)}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["duration"] == pytest.approx(1.5, abs=0.06)
+
+
+# --- every bad input gets its 4xx, and the server keeps serving ------------------------------
+BAD_REQUESTS = [
+    ("empty file", {"file": ("a.wav", b"")}, {}, 400, "empty_file"),
+    ("undecodable", {"file": ("a.wav", b"RIFF\x00\x00garbage" * 10)}, {}, 400, "invalid_audio"),
+    ("unsupported format", {"file": ("doc.pdf", b"%PDF-1.4 not audio")}, {}, 415, "unsupported_format"),
+    ("no audio stream", {"file": ("a.txt", b"just some text")}, {}, 415, "unsupported_format"),
+    ("missing file", {}, {"language": "en"}, 400, "missing_field"),
+    ("bad language", {"file": ("a.wav", wav_bytes())}, {"language": "xx"}, 422, "invalid_value"),
+    ("bad format", {"file": ("a.wav", wav_bytes())}, {"response_format": "docx"}, 422, "invalid_value"),
+    ("bad temperature", {"file": ("a.wav", wav_bytes())}, {"temperature": "hot"}, 422, "invalid_value"),
+    ("temperature range", {"file": ("a.wav", wav_bytes())}, {"temperature": "1.5"}, 422, "invalid_value"),
+    ("bad granularity", {"file": ("a.wav", wav_bytes())}, {"timestamp_granularities[]": "frame"}, 422, None),
+    ("too long", {"file": ("a.wav", encode(noise(31.0, 8_000, 0.01), 8_000, "FLAC"))}, {}, 413, "audio_too_long"),
+    ("too large", {"file": ("a.wav", b"\x00" * (1024 * 1024 + 70_000))}, {}, 413, "too_large"),
+]
+
+
+@pytest.mark.parametrize(("case", "files", "data", "status", "code"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_input_gets_clear_4xx(
+    base_url: str, case: str, files: dict, data: dict, status: int, code: str | None
+) -> None:
+    response = httpx.post(f"{base_url}/v1/audio/transcriptions", files=files or None, data=data, timeout=30)
+    assert response.status_code == status, response.text
+    error = _error(response)
+    if code:
+        assert error["code"] == code
+    assert error["message"]
+    # and the server keeps serving
+    ok = httpx.post(f"{base_url}/transcribe", files={"file": ("a.wav", wav_bytes())}, timeout=30)
+    assert ok.status_code == 200
+
+
+def test_chunked_upload_over_the_limit_is_413(base_url: str) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        for _ in range(40):
+            yield b"\x00" * 65_536
+
+    response = httpx.post(
+        f"{base_url}/transcribe",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert _error(response)["code"] == "too_large"
+
+
+def test_unknown_route_and_method_use_the_envelope(base_url: str) -> None:
+    assert _error(httpx.get(f"{base_url}/nowhere"))["code"] == "not_found"
+    assert _error(httpx.get(f"{base_url}/transcribe"))["code"] == "method_not_allowed"
+
+
+# --- operations routes -------------------------------------------------------------------------
+def test_health_ready_models_and_request_id(base_url: str) -> None:
+    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{base_url}/ready")
+    assert ready.status_code == 200 and ready.json()["engine"] == "fake"
+    models = openai.OpenAI(base_url=f"{base_url}/v1", api_key="x").models.list()
+    assert [m.id for m in models.data] == ["Qwen/Qwen3-ASR-0.6B"]
+    response = httpx.get(f"{base_url}/health", headers={"X-Request-ID": "trace-me-42"})
+    assert response.headers["x-request-id"] == "trace-me-42"
+    assert len(httpx.get(f"{base_url}/health").headers["x-request-id"]) >= 8
+
+
+async def test_full_queue_answers_429_with_retry_after() -> None:
+    """A slow engine, a queue of 2: the burst beyond what fits is refused, the rest succeed."""
+    import threading
+
+    from asr_server.engines.fake import FakeEngine
+
+    class GatedEngine(FakeEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = threading.Event()
+
+        def transcribe(self, items):  # type: ignore[no-untyped-def]
+            self.gate.wait(10)
+            return super().transcribe(items)
+
+    engine = GatedEngine()
+    app = create_app(_settings(queue_max=2, max_batch_size=1, warmup=False), engine=engine)
+    with running_server(app) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+
+            async def upload() -> httpx.Response:
+                return await http.post("/transcribe", files={"file": ("a.wav", wav_bytes(0.5))})
+
+            tasks = [asyncio.create_task(upload()) for _ in range(6)]
+            await asyncio.sleep(1.0)
+            engine.gate.set()
+            responses = await asyncio.gather(*tasks)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(429) >= 1 and statuses.count(200) >= 2
+    assert set(statuses) <= {200, 429}
+    refused = next(r for r in responses if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1
+    assert _error(refused)["code"] == "queue_full"
+
+
+def test_client_disconnect_cancels_queued_work() -> None:
+    """A client that gives up while its job waits: the job is dropped, never run."""
+    import threading
+
+    from asr_server.engines.fake import FakeEngine
+
+    class RecordingEngine(FakeEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = threading.Event()
+            self.contexts: list[str] = []
+
+        def transcribe(self, items):  # type: ignore[no-untyped-def]
+            self.gate.wait(10)
+            self.contexts.extend(item.context for item in items)
+            return super().transcribe(items)
+
+    engine = RecordingEngine()
+    app = create_app(_settings(max_batch_size=1, warmup=False), engine=engine)
+    with running_server(app) as url:
+        blocker = threading.Thread(
+            target=lambda: httpx.post(
+                f"{url}/transcribe", files={"file": ("a.wav", wav_bytes(0.5))}, data={"prompt": "first"}, timeout=30
+            )
+        )
+        blocker.start()
+        import time
+
+        time.sleep(0.3)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{url}/transcribe",
+                files={"file": ("a.wav", wav_bytes(0.5))},
+                data={"prompt": "abandoned"},
+                timeout=0.5,
+            )
+        time.sleep(0.3)
+        engine.gate.set()
+        blocker.join()
+        after = httpx.post(
+            f"{url}/transcribe", files={"file": ("a.wav", wav_bytes(0.5))}, data={"prompt": "after"}, timeout=30
+        )
+        assert after.json()["text"] == "after"
+    assert engine.contexts == ["first", "after"]
+
+
+def test_openapi_schema_is_served(base_url: str) -> None:
+    schema = httpx.get(f"{base_url}/openapi.json").json()
+    assert "/v1/audio/transcriptions" in schema["paths"]

@@ -1,0 +1,101 @@
+"""PriorityInferQueue on its own: no HTTP, no engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from asr_server.errors import JobTimeout, QueueFull
+from asr_server.queue import PRIORITY_HTTP, PRIORITY_STREAM, PriorityInferQueue
+
+
+async def test_lower_priority_number_first_and_fifo_within_priority() -> None:
+    queue = PriorityInferQueue(max_size=10, aging_s=1000)
+    http_a = queue.submit("http-a", priority=PRIORITY_HTTP, timeout=10)
+    http_b = queue.submit("http-b", priority=PRIORITY_HTTP, timeout=10)
+    ws = queue.submit("ws", priority=PRIORITY_STREAM, timeout=10)
+    order = [(await queue.next_batch(1, 0))[0].payload for _ in range(3)]
+    assert order == ["ws", "http-a", "http-b"]
+    assert {http_a.done, http_b.done, ws.done} == {False}
+
+
+async def test_aging_lets_a_long_waiting_upload_overtake_new_stream_work() -> None:
+    queue = PriorityInferQueue(max_size=10, aging_s=0.05)
+    queue.submit("old-http", priority=PRIORITY_HTTP, timeout=10)
+    await asyncio.sleep(0.12)  # more than one priority level of aging
+    queue.submit("new-ws", priority=PRIORITY_STREAM, timeout=10)
+    first = await queue.next_batch(1, 0)
+    assert first[0].payload == "old-http"
+
+
+async def test_cancelled_job_is_dropped_and_never_returned() -> None:
+    queue = PriorityInferQueue(max_size=10)
+    gone = queue.submit("gone", priority=1, timeout=10)
+    kept = queue.submit("kept", priority=1, timeout=10)
+    gone.future.cancel()
+    batch = await queue.next_batch(8, 0)
+    assert [job.payload for job in batch] == ["kept"]
+    assert kept.future.done() is False
+
+
+async def test_expired_job_gets_504_and_queue_keeps_serving() -> None:
+    queue = PriorityInferQueue(max_size=10)
+    stale = queue.submit("stale", priority=1, timeout=0.01)
+    await asyncio.sleep(0.03)
+    fresh = queue.submit("fresh", priority=1, timeout=10)
+    batch = await queue.next_batch(8, 0)
+    assert [job.payload for job in batch] == ["fresh"]
+    with pytest.raises(JobTimeout):
+        stale.future.result()
+    assert not fresh.done
+
+
+async def test_full_queue_raises_429_with_retry_after_and_frees_up() -> None:
+    queue = PriorityInferQueue(max_size=2)
+    first = queue.submit("a", priority=1, timeout=10)
+    queue.submit("b", priority=1, timeout=10)
+    with pytest.raises(QueueFull) as raised:
+        queue.submit("c", priority=1, timeout=10)
+    assert raised.value.status_code == 429
+    assert int(raised.value.headers["Retry-After"]) >= 1
+    first.future.cancel()  # a cancelled job no longer counts against the bound
+    queue.submit("c", priority=1, timeout=10)
+    assert len(queue) == 2
+
+
+async def test_batch_holds_only_compatible_jobs_up_to_the_limit() -> None:
+    queue = PriorityInferQueue(max_size=20)
+    for i in range(5):
+        queue.submit(f"t{i}", priority=1, timeout=10, batch_key=("transcribe",))
+    queue.submit("a0", priority=1, timeout=10, batch_key=("align",))
+    batch = await queue.next_batch(3, 0)
+    assert [job.payload for job in batch] == ["t0", "t1", "t2"]
+    batch = await queue.next_batch(8, 0)
+    assert [job.payload for job in batch] == ["t3", "t4"]
+    batch = await queue.next_batch(8, 0)
+    assert [job.payload for job in batch] == ["a0"]
+
+
+async def test_batch_waits_for_late_jobs_within_the_window() -> None:
+    queue = PriorityInferQueue(max_size=20)
+    queue.submit("early", priority=1, timeout=10)
+
+    async def late_submit() -> None:
+        await asyncio.sleep(0.02)
+        queue.submit("late", priority=1, timeout=10)
+
+    submitter = asyncio.create_task(late_submit())
+    batch = await queue.next_batch(4, 0.5)
+    await submitter
+    assert [job.payload for job in batch] == ["early", "late"]
+
+
+async def test_next_batch_waits_for_work() -> None:
+    queue = PriorityInferQueue(max_size=5)
+    waiter = asyncio.create_task(queue.next_batch(4, 0))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()
+    queue.submit("x", priority=1, timeout=10)
+    batch = await asyncio.wait_for(waiter, 1)
+    assert [job.payload for job in batch] == ["x"]
