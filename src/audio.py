@@ -1,6 +1,7 @@
 """Audio decoding: any container/codec FFmpeg knows → 16 kHz mono float32.
 
-PyAV (FFmpeg) decodes and downmixes; soxr resamples. Every failure becomes a 4xx `ServiceError`, so a
+libsndfile (soundfile) reads WAV/FLAC/OGG in ~0.1 ms; everything else goes through PyAV (FFmpeg,
+~2.5 ms of container set-up even for a tiny file). soxr resamples. Every failure becomes a 4xx `ServiceError`, so a
 bad upload can never reach the model or surface as a 500.
 """
 
@@ -10,6 +11,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+
 from asr_server.errors import AudioDecodeError, PayloadTooLarge, UnsupportedMediaType
 
 SAMPLE_RATE = 16_000
@@ -42,6 +44,9 @@ def decode_audio(data: bytes, filename: str | None = None, *, max_seconds: float
     if not data:
         raise AudioDecodeError("the uploaded file is empty", param="file", code="empty_file")
     ext = _extension(filename)
+    fast = _decode_with_soundfile(data, max_seconds)
+    if fast is not None:
+        return fast
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -83,6 +88,27 @@ def decode_audio(data: bytes, filename: str | None = None, *, max_seconds: float
     if max_seconds is not None and audio.duration > max_seconds:
         raise _too_long(max_seconds)
     return audio
+
+
+def _decode_with_soundfile(data: bytes, max_seconds: float | None) -> DecodedAudio | None:
+    """Decode with libsndfile when it knows the format; None means "let FFmpeg try"."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as sound:
+            if sound.frames <= 0 or sound.samplerate <= 0:
+                return None
+            if max_seconds is not None and sound.frames / sound.samplerate > max_seconds:
+                raise _too_long(max_seconds)
+            samples = sound.read(dtype="float32", always_2d=True)
+            rate = sound.samplerate
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        return None
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    mono = resample(np.ascontiguousarray(mono, dtype=np.float32), rate, SAMPLE_RATE)
+    if mono.size == 0 or not np.all(np.isfinite(mono)):
+        return None  # let the thorough path produce the precise error
+    return DecodedAudio(samples=mono)
 
 
 def resample(samples: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:

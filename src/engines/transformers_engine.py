@@ -82,16 +82,15 @@ class TransformersEngine(Engine):
         del torch
 
     def unload(self) -> None:
+        if self._model is None and self._aligner is None:
+            return  # never loaded: do not import torch just to free nothing
         self._model = None
         self._aligner = None
         gc.collect()
-        try:
-            import torch
+        import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # --- inference ---------------------------------------------------------------------------
     def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:

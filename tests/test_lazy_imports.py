@@ -1,0 +1,41 @@
+"""The gateway stays small: building the app and answering /health imports no ML stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["torch", "transformers", "qwen_asr", "nagisa", "librosa", "onnxruntime"]
+
+PROBE = """
+import json, sys
+from fastapi.testclient import TestClient
+from asr_server.config import Settings
+from asr_server.server import create_app
+
+app = create_app(Settings(asr_engine="transformers", model_id="/nonexistent/model", log_level="ERROR"))
+with TestClient(app) as client:
+    health = client.get("/health").status_code
+    ready = client.get("/ready").status_code
+print(json.dumps({"health": health, "ready": ready, "loaded": sorted(m for m in %r if m in sys.modules)}))
+"""
+
+
+def test_app_and_health_import_no_ml_stack() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE % (HEAVY,)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["health"] == 200
+    assert result["ready"] == 200  # lazy loading: nothing has failed yet
+    assert result["loaded"] == []
+
+
+def test_language_table_matches_qwen_asr() -> None:
+    """Our copy of the supported languages (kept to avoid importing qwen_asr) must not drift."""
+    from qwen_asr.inference.utils import SUPPORTED_LANGUAGES
+
+    from asr_server.languages import LANGUAGE_BY_CODE
+
+    assert sorted(LANGUAGE_BY_CODE.values()) == sorted(SUPPORTED_LANGUAGES)
