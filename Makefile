@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint readme clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
+
+readme: $(STAMP)
+	$(BIN)/python scripts/update_readme_settings.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .cache

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     translate_timeout: float = Field(default=120.0, gt=0)
     """Seconds one LLM call may take."""
 
+    translate_max_retries: int = Field(default=3, ge=0)
+    """Further attempts after an LLM call fails with 429/5xx, a connection error or a timeout."""
+
     # --- security ----------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Comma-separated API keys; empty = no authentication."""
@@ -155,6 +158,48 @@ class Settings(BaseSettings):
         if self.model_id:
             return self.model_id
         return DEFAULT_LARGE_MODEL if _free_gpu_bytes() >= LARGE_MODEL_MIN_FREE_GPU_BYTES else DEFAULT_SMALL_MODEL
+
+    # --- streaming ---------------------------------------------------------------------------
+    stream_max_concurrent: int = Field(default=16, ge=1)
+    """Most live streams (/ws/transcribe and /v1/realtime together); one more gets an error event and
+    close code 1013."""
+
+    stream_idle_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a live stream may send no audio before it is finalised and closed (code 1008)."""
+
+    stream_max_session_seconds: float = Field(default=14_400.0, gt=0)
+    """Longest live stream in seconds of wall time; it is then finalised and closed (code 1008)."""
+
+    stream_max_frame_bytes: int = Field(default=262_144, ge=4096)
+    """Largest message accepted on a live stream (an audio frame or a JSON event), in bytes."""
+
+    stream_max_buffer_seconds: float = Field(default=60.0, ge=10)
+    """Most audio a live stream may hold undecoded; beyond it the server stops reading from the client
+    until the model catches up, and closes the stream (code 1013) if it does not within
+    STREAM_IDLE_TIMEOUT."""
+
+    stream_partial_interval_ms: float = Field(default=1000.0, ge=100)
+    """Least new audio, in ms, between two partial results of one utterance."""
+
+    stream_partial_budget: float = Field(default=1.5, ge=0)
+    """Audio seconds the model may re-decode for partial results per second of stream: bounds a
+    stream's cost (finals add about 1). 0 turns partial results off."""
+
+    stream_max_utterance_seconds: float = Field(default=15.0, ge=2, le=60)
+    """Longest utterance in seconds; a longer one is finalised at its quietest point."""
+
+    stream_vad: Literal["silero", "energy"] = "silero"
+    """Voice-activity detector for live streams: `silero` (onnxruntime; falls back to `energy` when
+    missing) or `energy` (a level detector)."""
+
+    stream_vad_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Speech probability from which a frame counts as speech."""
+
+    stream_vad_min_silence_ms: float = Field(default=500.0, ge=100)
+    """Pause in ms that ends an utterance (and so triggers its final)."""
+
+    stream_vad_prefix_padding_ms: float = Field(default=300.0, ge=0, le=2000)
+    """Audio in ms kept before the detected start of speech."""
 
 
 def _free_gpu_bytes() -> int:

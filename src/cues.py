@@ -6,6 +6,7 @@ user-supplied files goes through the maintained `srt` and `webvtt-py` packages.
 
 from __future__ import annotations
 
+import html
 import io
 from dataclasses import dataclass
 
@@ -50,8 +51,13 @@ def to_srt(cues: list[Cue]) -> str:
     return "\n".join(blocks)
 
 
+def _vtt_escape(text: str) -> str:
+    # WebVTT cue text is markup: &, < and > must be escaped, and "-->" may not appear.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def to_vtt(cues: list[Cue]) -> str:
-    blocks = [f"{vtt_timestamp(cue.start)} --> {vtt_timestamp(cue.end)}\n{cue.text}\n" for cue in cues]
+    blocks = [f"{vtt_timestamp(cue.start)} --> {vtt_timestamp(cue.end)}\n{_vtt_escape(cue.text)}\n" for cue in cues]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
@@ -80,7 +86,7 @@ def parse_vtt(text: str) -> list[Cue]:
             index=number,
             start=cap.start_time.in_milliseconds() / 1000,
             end=cap.end_time.in_milliseconds() / 1000,
-            text=cap.text,
+            text=html.unescape(cap.text),
         )
         for number, cap in enumerate(captions, start=1)
     ]

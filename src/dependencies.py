@@ -7,11 +7,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
+from fastapi import Depends, Request
+
 from asr_server.config import Settings
 from asr_server.queue import PriorityInferQueue
 from asr_server.service import TranscriptionService
+from asr_server.subtitle_pipeline import SubtitlePipeline
+from asr_server.translator import Translator
 from asr_server.worker import ModelWorker
-from fastapi import Depends, Request
 
 T = TypeVar("T")
 
@@ -22,6 +25,8 @@ class AppServices:
     queue: PriorityInferQueue
     worker: ModelWorker
     transcription: TranscriptionService
+    subtitles: SubtitlePipeline
+    translator: Translator
 
 
 def get_services(request: Request) -> AppServices:

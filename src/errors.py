@@ -31,9 +31,11 @@ class ServiceError(Exception):
         if code is not None:
             self.code = code
         self.headers = headers or {}
+        # Fields added beside "error" in the body, e.g. the transcript when translation failed.
+        self.extra: dict[str, Any] = {}
 
     def envelope(self) -> dict[str, Any]:
-        return error_envelope(self.message, self.error_type, self.code, self.param)
+        return {**error_envelope(self.message, self.error_type, self.code, self.param), **self.extra}
 
 
 def error_envelope(message: str, error_type: str, code: str | None, param: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr_server import __version__
-from asr_server.api import transcription
+from asr_server.api import transcription, translation
 from asr_server.config import Settings
 from asr_server.dependencies import AppServices, ServicesDep
 from asr_server.engines import Engine, create_engine
@@ -29,6 +29,8 @@ from asr_server.logger import configure_logging, request_id_var
 from asr_server.protocol import ModelCard, ModelList
 from asr_server.queue import PriorityInferQueue
 from asr_server.service import TranscriptionService
+from asr_server.subtitle_pipeline import SubtitlePipeline
+from asr_server.translator import Translator, TranslatorConfig
 from asr_server.worker import EngineState, ModelWorker
 
 # Multipart overhead allowed on top of MAX_UPLOAD_MB before the body is cut off.
@@ -159,17 +161,32 @@ class RequestContext:
             request_id_var.reset(token)
 
 
+def translator_config(settings: Settings) -> TranslatorConfig:
+    return TranslatorConfig(
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key.get_secret_value(),
+        model=settings.translate_model,
+        timeout_s=settings.translate_timeout,
+        max_retries=settings.translate_max_retries,
+        batch_size=settings.translate_batch_size,
+        max_concurrency=settings.translate_max_concurrency,
+    )
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the application. `engine` overrides the one `ASR_ENGINE` names (tests, embedding)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json, settings.log_file)
     queue = PriorityInferQueue(settings.queue_max, aging_s=settings.queue_aging_s)
     worker = ModelWorker(settings, engine or create_engine(settings), queue)
+    transcription_service = TranscriptionService(settings, queue, worker)
     services = AppServices(
         settings=settings,
         queue=queue,
         worker=worker,
-        transcription=TranscriptionService(settings, queue, worker),
+        transcription=transcription_service,
+        subtitles=SubtitlePipeline(transcription_service, aligner_available=worker.engine.supports_alignment),
+        translator=Translator(translator_config(settings)),
     )
 
     @asynccontextmanager
@@ -180,6 +197,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             yield
         finally:
             await worker.stop()
+            await services.translator.aclose()
 
     app = FastAPI(title="Qwen3-ASR server", version=__version__, lifespan=lifespan)
     app.state.services = services
@@ -188,6 +206,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Added last = outermost: the request id covers everything, error responses included.
     app.add_middleware(RequestContext)
     app.include_router(transcription.router)
+    app.include_router(translation.router)
     _install_health_routes(app)
     return app
 

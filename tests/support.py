@@ -60,3 +60,22 @@ def encode(samples: np.ndarray, sample_rate: int = 16_000, fmt: str = "WAV", sub
 
 def wav_bytes(seconds: float = 2.0, sample_rate: int = 16_000) -> bytes:
     return encode(tone(seconds, sample_rate), sample_rate)
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    """Voiced-like bursts (harmonics with syllable-rate modulation) separated by real pauses."""
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = [np.zeros(int(0.4 * 16_000), np.float32)]
+    total = 0.4
+    while total < seconds - 1.0:
+        burst = rng.uniform(1.5, 4.0)
+        t = np.arange(int(burst * 16_000)) / 16_000
+        f0 = rng.uniform(110, 220)
+        voice = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 6))
+        envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))
+        out.append((0.2 * voice * envelope).astype(np.float32))
+        pause = rng.uniform(0.6, 1.0)
+        out.append(np.zeros(int(pause * 16_000), np.float32))
+        total += burst + pause
+    audio = np.concatenate(out)[: int(seconds * 16_000)]
+    return np.concatenate([audio, np.zeros(int(seconds * 16_000) - len(audio), np.float32)])

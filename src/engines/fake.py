@@ -35,7 +35,17 @@ class FakeEngine(Engine):
         self.batches.append(len(items))
         results = []
         for item in items:
-            language = item.language or "English"
-            text = item.context.strip() or FIXED_SENTENCES.get(language, FIXED_SENTENCES["English"])
-            results.append(Transcript(text=text, language=language))
+            text = item.context.strip() or FIXED_SENTENCES.get(item.language or "English", FIXED_SENTENCES["English"])
+            results.append(Transcript(text=text, language=item.language or _guess_language(text)))
         return results
+
+
+def _guess_language(text: str) -> str:
+    """What a real model would detect, judged by script: enough for tests of language handling."""
+    if any("\u3040" <= ch <= "\u30ff" for ch in text):
+        return "Japanese"
+    if any("\u4e00" <= ch <= "\u9fff" for ch in text):
+        return "Chinese"
+    if any("\uac00" <= ch <= "\ud7af" for ch in text):
+        return "Korean"
+    return "English"

@@ -1,0 +1,285 @@
+"""POST /translate and POST /v1/audio/translations: audio or subtitle/text files → English or Chinese.
+
+Audio is transcribed first (subtitle formats go through the subtitle pipeline, accurate timing where an
+aligner is available); .srt/.vtt/.txt uploads are translated directly. Subtitles are translated cue by
+cue and rebuilt locally, so the output always has the input's cues and timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from asr_server.api.transcription import (
+    MAX_PROMPT_CHARS,
+    SUBTITLE_MEDIA_TYPES,
+    cue_rules,
+    decode_upload,
+    read_upload,
+    resolve_mode,
+)
+from asr_server.cues import Cue, SubtitleParseError, parse_srt, parse_vtt, to_srt, to_vtt
+from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
+from asr_server.errors import EngineUnavailable as ServiceUnavailable
+from asr_server.errors import InvalidField, InvalidRequest, JobTimeout, ServiceError, UpstreamError
+from asr_server.languages import language_code, normalize_language
+from asr_server.protocol import ResponseFormat
+from asr_server.subtitle import segments_from_cues
+from asr_server.subtitle_pipeline import SubtitleMode
+from asr_server.translator import (
+    TranslationTimeout,
+    TranslationUnavailable,
+    TranslatorNotConfigured,
+    UnsupportedLanguageError,
+    is_same_language,
+    normalize_target_language,
+)
+
+router = APIRouter(tags=["translation"])
+
+TEXT_EXTENSIONS = {"srt", "vtt", "txt"}
+TARGET_NAMES = {"en": "english", "zh": "chinese"}
+# max_line_width, max_lines, max_cue_duration, max_cps as the request gave them.
+CueRuleFields = tuple[int | None, int | None, float | None, float | None]
+
+
+@dataclass
+class SourceDocument:
+    """What is being translated: plain text, or cues with timings. `duration` is None for uploaded files."""
+
+    text: str
+    cues: list[Cue] | None
+    language: str | None  # ISO code when known
+    duration: float | None
+
+
+def _extension(name: str | None) -> str:
+    return name.rsplit(".", 1)[-1].lower() if name and "." in name else ""
+
+
+def _parse_text_upload(data: bytes, ext: str) -> SourceDocument:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"the .{ext} file is not UTF-8 text", param="file", code="invalid_text") from exc
+    if not text.strip():
+        raise InvalidRequest(f"the .{ext} file is empty", param="file", code="empty_file")
+    if ext == "txt":
+        return SourceDocument(text=text.strip(), cues=None, language=None, duration=None)
+    try:
+        cues = parse_vtt(text) if ext == "vtt" or text.lstrip().startswith("WEBVTT") else parse_srt(text)
+    except SubtitleParseError as exc:
+        raise InvalidRequest(str(exc), param="file", code="invalid_subtitles") from exc
+    if not cues:
+        raise InvalidRequest(f"the .{ext} file has no cues", param="file", code="invalid_subtitles")
+    return SourceDocument(text="\n".join(c.text for c in cues), cues=cues, language=None, duration=None)
+
+
+def _translation_error(exc: Exception, document: SourceDocument) -> ServiceError:
+    """Map translator failures to 502/503/504; the body keeps the transcript so nothing is lost."""
+    if isinstance(exc, TranslatorNotConfigured):
+        error: ServiceError = ServiceUnavailable(str(exc), code="translation_not_configured")
+    elif isinstance(exc, TranslationTimeout):
+        error = JobTimeout(f"the translation LLM did not answer in time: {exc}", code="translation_timeout")
+    else:
+        error = UpstreamError(f"the translation LLM failed: {exc}", code="translation_failed")
+    error.extra = {
+        "source_text": document.text,
+        "source_language": document.language,
+        **({"source_subtitles": to_srt(document.cues)} if document.cues else {}),
+    }
+    return error
+
+
+async def _source_from_audio(
+    request: Request,
+    services: AppServices,
+    file: UploadFile,
+    *,
+    source_language: str | None,
+    prompt: str,
+    timed: bool,
+    mode: SubtitleMode | None,
+    rules_args: CueRuleFields,
+) -> tuple[SourceDocument, SubtitleMode | None]:
+    audio = await decode_upload(file, services)
+    if not timed:
+        result = await cancel_on_disconnect(
+            request, services.transcription.transcribe(audio, language=source_language, context=prompt)
+        )
+        return SourceDocument(result.text, None, language_code(result.language), result.duration), None
+    resolved = resolve_mode(services, mode)
+    timed_result = await cancel_on_disconnect(
+        request,
+        services.subtitles.run(
+            audio, language=source_language, context=prompt, mode=resolved, rules=cue_rules(*rules_args)
+        ),
+    )
+    document = SourceDocument(
+        timed_result.text, timed_result.cues, language_code(timed_result.language), timed_result.duration
+    )
+    return document, resolved
+
+
+async def translate_upload(
+    request: Request,
+    services: AppServices,
+    file: UploadFile,
+    *,
+    target_language: str,
+    source_language: str | None,
+    response_format: ResponseFormat,
+    prompt: str | None,
+    subtitle_mode: SubtitleMode | None,
+    rules_args: CueRuleFields,
+) -> Response:
+    started = time.monotonic()
+    try:
+        target = normalize_target_language(target_language)
+    except UnsupportedLanguageError as exc:
+        raise InvalidField(str(exc), param="target_language") from exc
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidField(f"prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt")
+    source_name = normalize_language(source_language, param="source_language")
+    translator = services.translator
+    if not translator.configured and not is_same_language(language_code(source_name), target):
+        raise ServiceUnavailable(
+            "translation is not configured: set OPENAI_BASE_URL and TRANSLATE_MODEL to an OpenAI-compatible LLM",
+            code="translation_not_configured",
+        )
+    timed = response_format in (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
+    ext = _extension(file.filename)
+    mode_used: SubtitleMode | None = None
+    if ext in TEXT_EXTENSIONS:
+        document = _parse_text_upload(await read_upload(file, services.settings.max_upload_bytes), ext)
+        document.language = language_code(source_name)
+        if timed and document.cues is None:
+            raise InvalidField(
+                f"response_format {response_format.value!r} needs timings: upload audio, .srt or .vtt",
+                param="response_format",
+            )
+    else:
+        document, mode_used = await _source_from_audio(
+            request,
+            services,
+            file,
+            source_language=source_name,
+            prompt=prompt or "",
+            timed=timed,
+            mode=subtitle_mode,
+            rules_args=rules_args,
+        )
+    deadline = max(1.0, services.settings.request_timeout - (time.monotonic() - started))
+    untranslated: list[int] = []
+    try:
+        if document.cues is not None:
+            outcome = await cancel_on_disconnect(
+                request, translator.translate_cues(document.cues, target, document.language, deadline_s=deadline)
+            )
+            cues, untranslated = outcome.cues, outcome.untranslated
+            text = "\n".join(cue.text.replace("\n", " ") for cue in cues)
+        else:
+            cues = None
+            text = await cancel_on_disconnect(
+                request, translator.translate_text(document.text, target, document.language, deadline_s=deadline)
+            )
+    except (TranslatorNotConfigured, TranslationUnavailable, TranslationTimeout) as exc:
+        raise _translation_error(exc, document) from exc
+    return _format(document, text, cues, untranslated, target, response_format, mode_used)
+
+
+def _format(
+    document: SourceDocument,
+    text: str,
+    cues: list[Cue] | None,
+    untranslated: list[int],
+    target: str,
+    response_format: ResponseFormat,
+    mode: SubtitleMode | None,
+) -> Response:
+    headers: dict[str, str] = {"X-Target-Language": target}
+    if untranslated:
+        headers["X-Untranslated-Cues"] = ",".join(str(i) for i in untranslated)
+    if mode is not None:
+        headers["X-Subtitle-Mode"] = mode.value
+    if response_format in SUBTITLE_MEDIA_TYPES and cues is not None:
+        body = to_srt(cues) if response_format == ResponseFormat.srt else to_vtt(cues)
+        return PlainTextResponse(body, media_type=SUBTITLE_MEDIA_TYPES[response_format], headers=headers)
+    if response_format == ResponseFormat.text:
+        return PlainTextResponse(text + "\n" if text else "", headers=headers)
+    payload: dict[str, object] = {
+        "text": text,
+        "target_language": target,
+        "source_text": document.text,
+        "source_language": document.language,
+        "untranslated": untranslated,
+    }
+    if document.duration is not None:
+        payload["duration"] = round(document.duration, 3)
+    if response_format == ResponseFormat.verbose_json and cues is not None:
+        source_segments = segments_from_cues(document.cues or [])
+        payload.update(
+            task="translate",
+            language=TARGET_NAMES[target],
+            segments=[
+                {**seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3), "source_text": src["text"]}
+                for seg, src in zip(segments_from_cues(cues), source_segments, strict=True)
+            ],
+        )
+    return JSONResponse(payload, headers=headers)
+
+
+@router.post("/translate", summary="Translate audio or a subtitle/text file into English or Chinese")
+async def translate(
+    request: Request,
+    services: ServicesDep,
+    file: Annotated[UploadFile, File(description="Audio, or an .srt, .vtt or .txt file")],
+    target_language: Annotated[str, Form(description="en | zh (also English, Chinese, zh-CN)")] = "en",
+    source_language: Annotated[str | None, Form(description="Source language; empty = detect")] = None,
+    response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
+    prompt: Annotated[str | None, Form(description="Context for the speech model")] = None,
+    subtitle_mode: Annotated[SubtitleMode | None, Form()] = None,
+    max_line_width: Annotated[int | None, Form(ge=2, le=200)] = None,
+    max_lines: Annotated[int | None, Form(ge=1, le=10)] = None,
+    max_cue_duration: Annotated[float | None, Form(gt=0.5, le=60)] = None,
+    max_cps: Annotated[float | None, Form(gt=1, le=100)] = None,
+) -> Response:
+    return await translate_upload(
+        request,
+        services,
+        file,
+        target_language=target_language,
+        source_language=source_language,
+        response_format=response_format,
+        prompt=prompt,
+        subtitle_mode=subtitle_mode,
+        rules_args=(max_line_width, max_lines, max_cue_duration, max_cps),
+    )
+
+
+@router.post("/v1/audio/translations", summary="Translate audio (OpenAI-compatible; English unless target_language)")
+async def openai_translations(
+    request: Request,
+    services: ServicesDep,
+    file: Annotated[UploadFile, File()],
+    model: Annotated[str | None, Form(description="Accepted for compatibility")] = None,
+    prompt: Annotated[str | None, Form()] = None,
+    response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
+    temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+    target_language: Annotated[str, Form(description="Extension: 'zh' for Chinese output")] = "en",
+) -> Response:
+    return await translate_upload(
+        request,
+        services,
+        file,
+        target_language=target_language,
+        source_language=None,
+        response_format=response_format,
+        prompt=prompt,
+        subtitle_mode=None,
+        rules_args=(None, None, None, None),
+    )

@@ -1,0 +1,177 @@
+"""Timed transcription: audio → chunks → transcripts → word timings → cues.
+
+Accurate mode aligns each chunk's own transcript with Qwen3-ForcedAligner (its input limit is 180 s,
+so audio is cut at quiet points into ≤180 s chunks first, and each chunk is transcribed and aligned on
+its own; offsets are added back). A chunk the aligner fails on falls back to fast timing, and the
+result lists it. Fast mode spreads each chunk's text over the speech the VAD finds in it.
+All model work goes through the queue (transcribe and align jobs batch with other requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+from loguru import logger
+
+from asr_server.audio import SAMPLE_RATE, DecodedAudio
+from asr_server.cues import Cue
+from asr_server.engines import AlignedUnit, AlignItem, TranscribeItem, Transcript
+from asr_server.errors import ServiceError
+from asr_server.queue import PRIORITY_HTTP
+from asr_server.service import TranscriptionService
+from asr_server.subtitle import CueRules, WordTiming, build_cues, fast_timings, join_words, restore_punctuation
+from asr_server.text_layout import is_cjk
+from asr_server.vad import speech_regions, split_at_quiet_points
+from asr_server.worker import JobKind
+
+# qwen-asr's MAX_FORCE_ALIGN_INPUT_SECONDS; chunks for timing never exceed it.
+ALIGNER_MAX_SECONDS = 180.0
+# The aligner needs a language; this one is used when the model did not name one.
+FALLBACK_ALIGN_LANGUAGE = "English"
+
+
+class SubtitleMode(str, enum.Enum):
+    accurate = "accurate"
+    fast = "fast"
+
+
+@dataclass(frozen=True)
+class ChunkTiming:
+    index: int
+    start: float
+    end: float
+    text: str
+    language: str
+    mode: SubtitleMode  # the timing actually used for this chunk
+
+
+@dataclass(frozen=True)
+class TimedTranscription:
+    text: str
+    language: str | None
+    duration: float
+    words: list[WordTiming]
+    cues: list[Cue]
+    chunks: list[ChunkTiming] = field(default_factory=list)
+    mode: SubtitleMode = SubtitleMode.fast
+
+    @property
+    def fallback_chunks(self) -> list[int]:
+        """Chunks that asked for accurate timing but got fast timing (aligner failed)."""
+        if self.mode != SubtitleMode.accurate:
+            return []
+        return [chunk.index for chunk in self.chunks if chunk.mode == SubtitleMode.fast]
+
+
+def _join_chunk_texts(texts: list[str]) -> str:
+    """Join chunk transcripts: a space between Latin words, none between CJK characters."""
+    joined = ""
+    for text in (t.strip() for t in texts):
+        if not text:
+            continue
+        if joined and not (is_cjk(joined[-1]) or is_cjk(text[0])):
+            joined += " "
+        joined += text
+    return joined
+
+
+def _majority_language(languages: list[str]) -> str | None:
+    named = [lang for lang in languages if lang]
+    return max(set(named), key=named.count) if named else None
+
+
+def _fast_words(samples: np.ndarray, text: str, offset: float) -> list[WordTiming]:
+    regions = speech_regions(samples, SAMPLE_RATE)
+    return fast_timings(text, regions, offset=offset, duration=len(samples) / SAMPLE_RATE)
+
+
+def _aligned_words(units: list[AlignedUnit], text: str, offset: float) -> list[WordTiming]:
+    shifted = [WordTiming(text=u.text, start=u.start + offset, end=u.end + offset) for u in units]
+    return restore_punctuation(text, shifted)
+
+
+class SubtitlePipeline:
+    def __init__(self, service: TranscriptionService, aligner_available: bool) -> None:
+        self._service = service
+        self.aligner_available = aligner_available
+
+    def default_mode(self) -> SubtitleMode:
+        return SubtitleMode.accurate if self.aligner_available else SubtitleMode.fast
+
+    async def run(
+        self,
+        audio: DecodedAudio,
+        *,
+        language: str | None,
+        context: str,
+        mode: SubtitleMode,
+        rules: CueRules,
+        priority: int = PRIORITY_HTTP,
+    ) -> TimedTranscription:
+        samples = audio.samples
+        ranges = split_at_quiet_points(samples, SAMPLE_RATE, ALIGNER_MAX_SECONDS)
+        transcripts: list[Transcript] = await asyncio.gather(
+            *(
+                self._service.submit(
+                    JobKind.transcribe,
+                    TranscribeItem(audio=samples[a:b], language=language, context=context),
+                    priority=priority,
+                )
+                for a, b in ranges
+            )
+        )
+        chunk_languages = [t.language or language or "" for t in transcripts]
+        timed = await asyncio.gather(
+            *(
+                self._time_chunk(index, samples[a:b], a / SAMPLE_RATE, t.text.strip(), lang, mode, priority)
+                for index, ((a, b), t, lang) in enumerate(zip(ranges, transcripts, chunk_languages, strict=True))
+            )
+        )
+        words = [word for chunk_words, _ in timed for word in chunk_words]
+        chunks = [chunk for _, chunk in timed]
+        cues = await asyncio.to_thread(build_cues, words, audio.duration, rules)
+        text = _join_chunk_texts([t.text for t in transcripts])
+        return TimedTranscription(
+            text=text,
+            language=_majority_language(chunk_languages) or language,
+            duration=audio.duration,
+            words=words,
+            cues=cues,
+            chunks=chunks,
+            mode=mode,
+        )
+
+    async def _time_chunk(
+        self,
+        index: int,
+        samples: np.ndarray,
+        offset: float,
+        text: str,
+        language: str,
+        mode: SubtitleMode,
+        priority: int,
+    ) -> tuple[list[WordTiming], ChunkTiming]:
+        end = offset + len(samples) / SAMPLE_RATE
+        used = mode
+        words: list[WordTiming] = []
+        if text and mode == SubtitleMode.accurate:
+            try:
+                units: list[AlignedUnit] = await self._service.submit(
+                    JobKind.align,
+                    AlignItem(audio=samples, text=text, language=language or FALLBACK_ALIGN_LANGUAGE),
+                    priority=priority,
+                )
+                words = _aligned_words(units, text, offset)
+                if not words:
+                    raise ServiceError("the aligner returned no items")
+            except ServiceError as exc:
+                logger.warning("aligner failed on chunk {} ({}); using fast timing for it", index, exc.message)
+                used = SubtitleMode.fast
+        if text and used == SubtitleMode.fast:
+            words = await asyncio.to_thread(_fast_words, samples, text, offset)
+        if words and join_words(words).strip() == "":
+            words = []
+        return words, ChunkTiming(index=index, start=offset, end=end, text=text, language=language, mode=used)
