@@ -3,27 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from asr_server.config import Settings, settings_table
 
+WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    """CLI flags as setting values (they win over the environment and .env)."""
+    values = {"host": args.host, "port": args.port, "model_id": args.model_id, "asr_engine": args.engine}
+    return {name: str(value) for name, value in values.items() if value is not None}
+
 
 def _serve(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    settings = Settings(**overrides)
+    if settings.use_granian:
+        return _serve_granian(settings, overrides)
     import uvicorn
 
-    overrides = {key: value for key, value in {"host": args.host, "port": args.port}.items() if value is not None}
-    if args.model_id:
-        overrides["model_id"] = args.model_id
-    if args.engine:
-        overrides["asr_engine"] = args.engine
-    settings = Settings(**overrides)
     from asr_server.server import create_app
 
-    app = create_app(settings)
     # log_config=None: logging is configured by create_app (loguru), not by uvicorn.
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False, ws_max_size=16 * 1024 * 1024
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
     )
+    return 0
+
+
+def _serve_granian(settings: Settings, overrides: dict[str, str]) -> int:
+    try:
+        from granian import Granian
+        from granian.constants import Interfaces
+    except ImportError:
+        print("USE_GRANIAN=1 needs the 'granian' extra: pip install 'qwen3-asr-server[granian]'", file=sys.stderr)
+        return 2
+    # Granian builds the app in its worker process from the factory, which reads the environment.
+    os.environ.update({name.upper(): value for name, value in overrides.items()})
+    Granian(
+        "asr_server.server:create_app",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=settings.host,
+        port=settings.port,
+        websockets=True,
+        log_enabled=False,
+    ).serve()
     return 0
 
 

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     """Port to listen on."""
 
+    use_granian: bool = False
+    """Serve with Granian (extra `granian`) instead of uvicorn."""
+
     request_timeout: float = Field(default=300.0, gt=0)
     """Seconds a request may wait in the queue and run before it is answered with 504."""
 
@@ -132,7 +135,30 @@ class Settings(BaseSettings):
 
     # --- security ----------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    """Comma-separated API keys; empty = no authentication."""
+    """Comma-separated API keys; empty (and no API_KEYS_FILE) = no authentication. Clients send
+    `Authorization: Bearer KEY` or `X-API-Key: KEY`; WebSockets may also use `?api_key=KEY`."""
+
+    api_keys_file: Path | None = None
+    """File with one API key per line (blank lines and `#` comments ignored), added to API_KEYS."""
+
+    max_concurrent_per_key: int = Field(default=0, ge=0)
+    """Most requests and streams one API key may have in flight (429 beyond); 0 = no limit."""
+
+    metrics_public: bool = False
+    """Serve /metrics without an API key (when keys are configured)."""
+
+    ready_public: bool = True
+    """Serve /ready without an API key (when keys are configured), for orchestrator probes."""
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated origins allowed by CORS (e.g. `https://app.example.com`, or `*`); empty = CORS off."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 
 from asr_server.config import Settings
+from asr_server.metrics import Metrics
 from asr_server.queue import PriorityInferQueue
 from asr_server.service import TranscriptionService
+from asr_server.streaming.metrics import StreamRegistry
 from asr_server.subtitle_pipeline import SubtitlePipeline
 from asr_server.translator import Translator
 from asr_server.worker import ModelWorker
@@ -27,6 +29,12 @@ class AppServices:
     transcription: TranscriptionService
     subtitles: SubtitlePipeline
     translator: Translator
+    metrics: Metrics
+    # Live streams: the concurrency limit and counters, shared by /ws/transcribe and /v1/realtime.
+    streams: StreamRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.streams = StreamRegistry(self.settings.stream_max_concurrent)
 
 
 def get_services(request: Request) -> AppServices:

@@ -1,4 +1,4 @@
-"""The gateway: an app factory, middleware, the error envelope and the health routes.
+"""The gateway: the app factory, the error envelope, and the health, readiness and metrics routes.
 
 Never imports torch: the engine module is imported when the app is built, but torch, transformers and
 qwen_asr only when a model loads. Run with `asr-server serve` or `uvicorn --factory asr_server.server:create_app`.
@@ -6,78 +6,33 @@ qwen_asr only when a model loads. Run with `asr-server serve` or `uvicorn --fact
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr_server import __version__
 from asr_server.api import transcription, translation
 from asr_server.config import Settings
 from asr_server.dependencies import AppServices, ServicesDep
 from asr_server.engines import Engine, create_engine
-from asr_server.errors import PayloadTooLarge, ServiceError, error_envelope
+from asr_server.errors import ServiceError, error_envelope
 from asr_server.logger import configure_logging, request_id_var
+from asr_server.metrics import Metrics, gpu_memory_bytes
+from asr_server.middleware import MULTIPART_SLACK_BYTES, BodySizeLimit, RequestContext
 from asr_server.protocol import ModelCard, ModelList
 from asr_server.queue import PriorityInferQueue
+from asr_server.security import APIKeyAuth, load_api_keys
 from asr_server.service import TranscriptionService
 from asr_server.subtitle_pipeline import SubtitlePipeline
 from asr_server.translator import Translator, TranslatorConfig
 from asr_server.worker import EngineState, ModelWorker
-
-# Multipart overhead allowed on top of MAX_UPLOAD_MB before the body is cut off.
-_MULTIPART_SLACK_BYTES = 64 * 1024
-
-
-class BodySizeLimit:
-    """Refuse request bodies beyond a limit while they stream in, before they are buffered whole."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_error(send, PayloadTooLarge(_too_large_message(self.max_bytes)))
-            return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(_too_large_message(self.max_bytes))
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-def _too_large_message(max_bytes: int) -> str:
-    return f"the request body is larger than {max_bytes / 1024 / 1024:.0f} MiB (MAX_UPLOAD_MB)"
-
-
-async def _send_error(send: Send, error: ServiceError) -> None:
-    response = JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
-    await response({"type": "http"}, _never_receive, send)
-
-
-async def _never_receive() -> Message:  # pragma: no cover - JSONResponse does not read
-    return {"type": "http.disconnect"}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -122,45 +77,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
-class RequestContext:
-    """Pure ASGI middleware: a request id on every log line and in `X-Request-ID`, plus an access log.
-
-    Pure ASGI rather than BaseHTTPMiddleware so handlers still see the client's disconnect message.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex[:16]
-        token = request_id_var.set(rid)
-        started = time.perf_counter()
-        status = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            logger.info(
-                "{} {} -> {} in {:.1f} ms",
-                scope.get("method", "WS"),
-                scope.get("path", ""),
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
-            request_id_var.reset(token)
-
-
 def translator_config(settings: Settings) -> TranslatorConfig:
     return TranslatorConfig(
         base_url=settings.openai_base_url,
@@ -177,8 +93,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Build the application. `engine` overrides the one `ASR_ENGINE` names (tests, embedding)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json, settings.log_file)
+    metrics = Metrics()
     queue = PriorityInferQueue(settings.queue_max, aging_s=settings.queue_aging_s)
-    worker = ModelWorker(settings, engine or create_engine(settings), queue)
+    worker = ModelWorker(settings, engine or create_engine(settings), queue, metrics)
     transcription_service = TranscriptionService(settings, queue, worker)
     services = AppServices(
         settings=settings,
@@ -187,7 +104,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         transcription=transcription_service,
         subtitles=SubtitlePipeline(transcription_service, aligner_available=worker.engine.supports_alignment),
         translator=Translator(translator_config(settings)),
+        metrics=metrics,
     )
+    metrics.add_state(
+        {
+            "asr_queue_depth": ("Jobs waiting in the inference queue", lambda: len(queue)),
+            "asr_model_loaded": ("1 when the model is loaded", lambda: float(worker.engine.loaded)),
+            "asr_gpu_memory_allocated_bytes": ("GPU memory allocated by torch", gpu_memory_bytes),
+        }
+    )
+    metrics.add_snapshot("asr_", "Live streams", services.streams.snapshot)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -202,9 +128,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = FastAPI(title="Qwen3-ASR server", version=__version__, lifespan=lifespan)
     app.state.services = services
     _install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + _MULTIPART_SLACK_BYTES)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
+    keys = load_api_keys(settings)
+    if keys:
+        open_paths = {"/health"} | ({"/metrics"} if settings.metrics_public else set())
+        open_paths |= {"/ready"} if settings.ready_public else set()
+        app.add_middleware(APIKeyAuth, keys=keys, open_paths=open_paths, max_per_key=settings.max_concurrent_per_key)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Subtitle-Mode", "X-Subtitle-Fallback-Chunks", "X-Untranslated-Cues"],
+        )
     # Added last = outermost: the request id covers everything, error responses included.
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, metrics=metrics)
     app.include_router(transcription.router)
     app.include_router(translation.router)
     _install_health_routes(app)
@@ -228,6 +167,10 @@ def _install_health_routes(app: FastAPI) -> None:
             {**error_envelope(reason, "server_error", "not_ready"), "status": worker.state.value, **status},
             status_code=503,
         )
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus_metrics(services: ServicesDep) -> Response:
+        return Response(services.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models", tags=["operations"], summary="The served model")
     async def models(services: ServicesDep) -> ModelList:

@@ -25,6 +25,7 @@ from loguru import logger
 from asr_server.config import Settings
 from asr_server.engines import AlignItem, Engine, TranscribeItem
 from asr_server.errors import EngineUnavailable, InferenceError, ServiceError
+from asr_server.metrics import Metrics
 from asr_server.queue import Job, PriorityInferQueue
 
 # Seconds before a failed model load is tried again; in between, jobs fail fast with the reason.
@@ -44,8 +45,11 @@ class EngineState(str, enum.Enum):
 
 
 class ModelWorker:
-    def __init__(self, settings: Settings, engine: Engine, queue: PriorityInferQueue) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, queue: PriorityInferQueue, metrics: Metrics | None = None
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self.engine = engine
         self._queue = queue
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -104,7 +108,10 @@ class ModelWorker:
                 if self._settings.warmup:
                     warm_started = time.perf_counter()
                     await self._in_thread(self.engine.warmup)
-                    logger.info("warm-up took {:.2f} s", time.perf_counter() - warm_started)
+                    warmup_seconds = time.perf_counter() - warm_started
+                    logger.info("warm-up took {:.2f} s", warmup_seconds)
+                    if self._metrics:
+                        self._metrics.warmup_seconds.set(warmup_seconds)
             except Exception as exc:
                 self.state = EngineState.failed
                 self._failed_at = time.monotonic()
@@ -114,6 +121,8 @@ class ModelWorker:
                     await self._in_thread(self.engine.unload)
                 raise EngineUnavailable(f"the model is not available: {self.load_error}") from exc
             self.load_seconds = time.perf_counter() - started
+            if self._metrics:
+                self._metrics.model_load_seconds.set(self.load_seconds)
             self.state = EngineState.ready
             self.load_error = None
             self.touch()
@@ -156,11 +165,14 @@ class ModelWorker:
             except EngineUnavailable as exc:
                 _fail(batch, exc)
                 return
-            kind = batch[0].batch_key[0] if isinstance(batch[0].batch_key, tuple) else batch[0].batch_key
+            kind = JobKind(batch[0].batch_key[0] if isinstance(batch[0].batch_key, tuple) else batch[0].batch_key)
             started = time.perf_counter()
-            outcomes = await self._run_with_isolation(JobKind(kind), batch)
-            self._queue.record_service_time(time.perf_counter() - started, len(batch))
+            outcomes = await self._run_with_isolation(kind, batch)
+            elapsed = time.perf_counter() - started
+            self._queue.record_service_time(elapsed, len(batch))
             self.batches_run += 1
+            if self._metrics:
+                self._observe(kind, batch, outcomes, elapsed)
             for job, outcome in zip(batch, outcomes, strict=True):
                 if job.done:  # cancelled or timed out while running: the result is dropped
                     continue
@@ -192,6 +204,23 @@ class ModelWorker:
                 outcomes.append(_as_service_error(exc, kind))
         return outcomes
 
+    def _observe(self, kind: JobKind, batch: list[Job], outcomes: list[Any], elapsed: float) -> None:
+        assert self._metrics is not None
+        metrics = self._metrics
+        dispatched = time.monotonic() - elapsed
+        for job in batch:
+            metrics.queue_wait_seconds.labels(kind.value).observe(max(0.0, dispatched - job.enqueued_at))
+        metrics.batch_size.labels(kind.value).observe(len(batch))
+        metrics.inference_seconds.labels(kind.value).observe(elapsed)
+        for outcome in outcomes:
+            if isinstance(outcome, ServiceError):
+                metrics.jobs_failed.labels(kind.value, outcome.code).inc()
+        if kind == JobKind.transcribe:
+            audio_seconds = sum(len(job.payload.audio) for job in batch) / 16_000
+            metrics.audio_seconds.inc(audio_seconds)
+            if audio_seconds > 0:
+                metrics.real_time_factor.observe(elapsed / audio_seconds)
+
     def _do_transcribe(self, kind: JobKind, payloads: list[Any]) -> list[Any]:
         """The single dispatch point into the engine (runs on the engine thread)."""
         if kind == JobKind.align:
@@ -204,7 +233,7 @@ class ModelWorker:
         return {
             "state": self.state.value,
             "loaded": self.engine.loaded,
-            "error": self.load_error,
+            "load_error": self.load_error,
             "queue_depth": len(self._queue),
             **self.engine.describe(),
         }

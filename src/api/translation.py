@@ -188,7 +188,11 @@ async def translate_upload(
                 request, translator.translate_text(document.text, target, document.language, deadline_s=deadline)
             )
     except (TranslatorNotConfigured, TranslationUnavailable, TranslationTimeout) as exc:
+        outcome_label = "timeout" if isinstance(exc, TranslationTimeout) else "failed"
+        services.metrics.translation_calls.labels(outcome_label).inc()
         raise _translation_error(exc, document) from exc
+    same = is_same_language(document.language, target)
+    services.metrics.translation_calls.labels("skipped_same_language" if same else "ok").inc()
     return _format(document, text, cues, untranslated, target, response_format, mode_used)
 
 

@@ -1,0 +1,106 @@
+"""Pure ASGI middleware: request ids and access metrics, and the upload size limit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi.responses import JSONResponse
+from loguru import logger
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from asr_server.errors import PayloadTooLarge, ServiceError
+from asr_server.logger import request_id_var
+from asr_server.metrics import Metrics
+
+# Multipart overhead allowed on top of MAX_UPLOAD_MB before the body is cut off.
+MULTIPART_SLACK_BYTES = 64 * 1024
+
+
+class BodySizeLimit:
+    """Refuse request bodies beyond a limit while they stream in, before they are buffered whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(send, PayloadTooLarge(_too_large_message(self.max_bytes)))
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise PayloadTooLarge(_too_large_message(self.max_bytes))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large_message(max_bytes: int) -> str:
+    return f"the request body is larger than {max_bytes / 1024 / 1024:.0f} MiB (MAX_UPLOAD_MB)"
+
+
+async def _send_error(send: Send, error: ServiceError) -> None:
+    response = JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
+    await response({"type": "http"}, _never_receive, send)
+
+
+async def _never_receive() -> Message:  # pragma: no cover - JSONResponse does not read
+    return {"type": "http.disconnect"}
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id on every log line and in `X-Request-ID`, plus an access log.
+
+    Pure ASGI rather than BaseHTTPMiddleware so handlers still see the client's disconnect message.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex[:16]
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None and scope["type"] == "http":
+                # The route template, not the raw path, keeps label cardinality bounded.
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                self.metrics.requests.labels(route, str(status)).inc()
+                self.metrics.request_seconds.labels(route).observe(elapsed)
+            logger.info(
+                "{} {} -> {} in {:.1f} ms",
+                scope.get("method", "WS"),
+                scope.get("path", ""),
+                status,
+                elapsed * 1000,
+            )
+            request_id_var.reset(token)
