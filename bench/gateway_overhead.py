@@ -13,21 +13,17 @@ import argparse
 import asyncio
 import io
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import soundfile as sf
 from fastapi import FastAPI, File, UploadFile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from asr_server.audio import DecodedAudio
 from asr_server.config import Settings
 from asr_server.server import create_app
-
-from support import running_server
+from asr_server.testing import running_server
 
 
 def _wav(seconds: float) -> bytes:

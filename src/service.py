@@ -6,15 +6,21 @@ No FastAPI here: the same calls serve REST, WebSocket and benchmarks.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from asr_server.audio import DecodedAudio
+from asr_server.audio import SAMPLE_RATE, DecodedAudio
 from asr_server.config import Settings
 from asr_server.engines import TranscribeItem, Transcript
 from asr_server.errors import JobTimeout
 from asr_server.queue import PRIORITY_HTTP, PriorityInferQueue
+from asr_server.text_layout import is_cjk
+from asr_server.vad import split_at_quiet_points
 from asr_server.worker import JobKind, ModelWorker
+
+# Segment length for progressive (SSE) transcription: short enough to show progress, long enough for context.
+STREAM_SEGMENT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,3 +66,42 @@ class TranscriptionService:
             language=transcript.language or language,
             duration=audio.duration,
         )
+
+    async def transcribe_progressively(
+        self,
+        audio: DecodedAudio,
+        *,
+        language: str | None = None,
+        context: str = "",
+        segment_seconds: float = STREAM_SEGMENT_SECONDS,
+    ) -> AsyncIterator[str]:
+        """Yield text deltas in order, one per segment cut at quiet points; their concatenation is the text.
+
+        All segments are queued at once (so they batch), and each delta is yielded as soon as it and
+        every segment before it are done. Segments do not overlap, so no text repeats at the joins.
+        Closing the iterator early cancels the segments not yet run.
+        """
+        ranges = split_at_quiet_points(audio.samples, SAMPLE_RATE, segment_seconds)
+        tasks = [
+            asyncio.ensure_future(
+                self.submit(
+                    JobKind.transcribe,
+                    TranscribeItem(audio=audio.samples[start:end], language=language, context=context),
+                )
+            )
+            for start, end in ranges
+        ]
+        emitted = ""
+        try:
+            for task in tasks:
+                transcript: Transcript = await task
+                piece = transcript.text.strip()
+                if not piece:
+                    continue
+                if emitted and not (is_cjk(emitted[-1]) or is_cjk(piece[0])):
+                    piece = " " + piece
+                emitted += piece
+                yield piece
+        finally:
+            for task in tasks:
+                task.cancel()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from asr_server.audio import DecodedAudio, decode_audio
 from asr_server.cues import to_srt, to_vtt
 from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
-from asr_server.errors import InvalidField, PayloadTooLarge
+from asr_server.errors import InvalidField, PayloadTooLarge, ServiceError
 from asr_server.languages import language_code, normalize_language
 from asr_server.protocol import ResponseFormat, TimestampGranularity
 from asr_server.service import TranscriptionResult
@@ -109,6 +111,25 @@ def format_timed(
     return JSONResponse(payload, headers=headers)
 
 
+async def sse_transcription(
+    services: AppServices, audio: DecodedAudio, language: str | None, context: str
+) -> AsyncIterator[bytes]:
+    """OpenAI's streaming shape: `transcript.text.delta` per finished segment, then `transcript.text.done`."""
+
+    def event(payload: dict[str, object]) -> bytes:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    text = ""
+    try:
+        async for delta in services.transcription.transcribe_progressively(audio, language=language, context=context):
+            text += delta
+            yield event({"type": "transcript.text.delta", "delta": delta})
+    except ServiceError as exc:  # mid-stream: the status line is gone, so the error is an event
+        yield event({"type": "error", **exc.envelope()})
+        return
+    yield event({"type": "transcript.text.done", "text": text})
+
+
 def resolve_mode(services: AppServices, requested: SubtitleMode | None) -> SubtitleMode:
     pipeline = services.subtitles
     if requested is None:
@@ -144,7 +165,10 @@ async def transcribe(
     max_lines: Annotated[int | None, Form(ge=1, le=10, description="Lines per subtitle cue")] = None,
     max_cue_duration: Annotated[float | None, Form(gt=0.5, le=60, description="Seconds a cue may last")] = None,
     max_cps: Annotated[float | None, Form(gt=1, le=100, description="Reading speed ceiling, chars/s")] = None,
+    stream: Annotated[bool, Form(description="Server-Sent Events: a delta per finished segment (json/text)")] = False,
 ) -> Response:
+    if stream and response_format not in (ResponseFormat.json, ResponseFormat.text):
+        raise InvalidField("stream=true works with response_format json or text", param="stream")
     if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidField(f"prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt")
     language_name = normalize_language(language)
@@ -153,6 +177,12 @@ async def transcribe(
         mode = resolve_mode(services, subtitle_mode)
         rules = cue_rules(max_line_width, max_lines, max_cue_duration, max_cps)
     audio = await decode_upload(file, services)
+    if stream:
+        return StreamingResponse(
+            sse_transcription(services, audio, language_name, prompt or ""),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     if not timed:
         result = await cancel_on_disconnect(
             request, services.transcription.transcribe(audio, language=language_name, context=prompt or "")

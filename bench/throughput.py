@@ -1,0 +1,141 @@
+"""Service throughput vs qwen-asr called directly, on a random-weight checkpoint of real 0.6B dimensions.
+
+One process, one loaded model (paired comparison): qwen-asr's own `transcribe()` at batch 1 and at
+batch B, then the service over HTTP at 1 and N concurrent requests with dynamic batching on
+(MAX_BATCH_SIZE=B) and off (MAX_BATCH_SIZE=1). Generation is forced to exactly `--tokens` new tokens
+(min_new_tokens = max_new_tokens), since random weights stop at arbitrary points.
+
+    .venv/bin/python bench/throughput.py [--dims 0.6b] [--clip-seconds 10] [--tokens 40] [--batch 8] [--concurrency 16]
+
+A tiny checkpoint can show the queue's overhead and that batching happens, not real speed: its
+compute is too small for batching to matter. The 0.6b dims make compute per clip realistic for CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+from asr_server.config import Settings
+from asr_server.engines.transformers_engine import TransformersEngine
+from asr_server.server import create_app
+from asr_server.testing import running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _checkpoint(dims: str) -> Path:
+    target = ROOT / ".cache" / "bench" / f"qwen3-asr-{dims}-random"
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "make_tiny_checkpoint.py"), str(target), "--dims", dims],
+            check=True,
+        )
+    return target
+
+
+def _clips(n: int, seconds: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [(0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32) for _ in range(n)]
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, 16_000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _direct(engine: TransformersEngine, clips: list[np.ndarray], batch: int) -> float:
+    """Audio seconds per wall second for qwen-asr's transcribe() in batches of `batch`."""
+    model = engine._model  # the same Qwen3ASRModel instance the service uses
+    model.max_inference_batch_size = batch
+    started = time.perf_counter()
+    for i in range(0, len(clips), batch):
+        model.transcribe(audio=[(c, 16_000) for c in clips[i : i + batch]])
+    return sum(len(c) for c in clips) / 16_000 / (time.perf_counter() - started)
+
+
+async def _through_service(url: str, payloads: list[bytes], concurrency: int) -> float:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=3600) as http:
+
+        async def one(data: bytes) -> None:
+            async with semaphore:
+                response = await http.post("/transcribe", files={"file": ("a.wav", data)})
+                response.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(p) for p in payloads))
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dims", default="0.6b", choices=["tiny", "0.6b", "1.7b"])
+    parser.add_argument("--clip-seconds", type=float, default=10.0)
+    parser.add_argument("--tokens", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+
+    checkpoint = _checkpoint(args.dims)
+    base = {
+        "model_id": str(checkpoint),
+        "forced_aligner_id": "",
+        "device": "cpu",
+        "dtype": "float32",
+        "max_new_tokens": args.tokens,
+        "warmup": False,
+        "log_level": "WARNING",
+        "request_timeout": 3600,
+    }
+    engine = TransformersEngine(Settings(**base, max_batch_size=args.batch))
+
+    def ensure_loaded() -> None:
+        # The server unloads its engine at shutdown; reload between runs, outside the timings.
+        if not engine.loaded:
+            engine.load()
+            engine._model.model.thinker.generation_config.min_new_tokens = args.tokens  # fixed-length decoding
+            engine._model.transcribe(audio=[(_clips(1, 2.0)[0], 16_000)])  # warm-up
+
+    ensure_loaded()
+
+    few = _clips(4, args.clip_seconds)
+    many = _clips(args.concurrency, args.clip_seconds)
+    rows: list[tuple[str, float]] = [
+        ("direct transcribe(), batch 1", _direct(engine, few, 1)),
+        (f"direct transcribe(), batch {args.batch}", _direct(engine, many, args.batch)),
+    ]
+    for label, batch_size, concurrency, clips in (
+        ("service, 1 request at a time", args.batch, 1, few),
+        (f"service, {args.concurrency} concurrent, batching on (max {args.batch})", args.batch, args.concurrency, many),
+        (f"service, {args.concurrency} concurrent, batching off", 1, args.concurrency, many),
+    ):
+        ensure_loaded()
+        app = create_app(Settings(**base, max_batch_size=batch_size), engine=engine)
+        with running_server(app) as url:
+            elapsed = asyncio.run(_through_service(url, [_wav(c) for c in clips], concurrency))
+        rows.append((label, sum(len(c) for c in clips) / 16_000 / elapsed))
+
+    print(f"dims {args.dims}, fp32, {args.clip_seconds:g} s clips, {args.tokens} tokens each")
+    print("| run | audio s per wall s | RTF |")
+    print("|---|---|---|")
+    for label, speed in rows:
+        print(f"| {label} | {speed:.2f} | {1 / speed:.2f} |")
+    direct_batched = rows[1][1]
+    print(f"service batched / direct batched: {rows[3][1] / direct_batched:.0%} (target >= 90%)")
+    print(f"service 1-at-a-time / direct batch 1: {rows[2][1] / rows[0][1]:.0%}")
+
+
+if __name__ == "__main__":
+    main()
