@@ -1,4 +1,4 @@
-"""`asr-server` command line: `serve`, `settings-table`."""
+"""`asr-server` command line: `serve`, `settings-table`, `export-encoder`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 def _serve(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     settings = Settings(**overrides)
+    from asr_server.engines import check_acceleration
+    from asr_server.errors import EngineUnavailable
+
+    try:  # a flag whose package or hardware is missing stops the start with one clear line
+        check_acceleration(settings)
+    except EngineUnavailable as exc:
+        print(f"asr-server: {exc.message}", file=sys.stderr)
+        return 2
     if settings.use_granian:
         return _serve_granian(settings, overrides)
     import uvicorn
@@ -59,6 +67,16 @@ def _serve_granian(settings: Settings, overrides: dict[str, str]) -> int:
     return 0
 
 
+def _export_encoder(args: argparse.Namespace) -> int:
+    import json
+
+    from asr_server.engines.onnx_encoder import export_from_checkpoint
+
+    report = export_from_checkpoint(args.model, args.out, tensorrt=args.tensorrt)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="asr-server", description="Qwen3-ASR speech-to-text service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=_serve)
     table = sub.add_parser("settings-table", help="print the settings as a Markdown table")
     table.set_defaults(func=lambda _args: print(settings_table()) or 0)
+    export = sub.add_parser(
+        "export-encoder", help="export the audio encoder to ONNX (for ONNX_ENCODER_PATH / TRT_ENCODER_PATH)"
+    )
+    export.add_argument("--model", required=True, help="hub id or local directory of the Qwen3-ASR model")
+    export.add_argument("--out", required=True, help="folder to write encoder.onnx and encoder.json to")
+    export.add_argument("--tensorrt", action="store_true", help="also build the TensorRT engine (CUDA GPU, extra gpu)")
+    export.set_defaults(func=_export_encoder)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
 
     asr_engine: EngineName = EngineName.transformers
     """Inference engine: `transformers` (qwen-asr, default), `fake` (deterministic, for API tests and
-    demos; never for real use), `vllm` (later)."""
+    demos; never for real use), `vllm` (same as USE_VLLM=1)."""
 
     device: str = "auto"
     """Torch device for the model: `auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`."""
@@ -75,6 +75,10 @@ class Settings(BaseSettings):
 
     port: int = Field(default=8000, ge=1, le=65535)
     """Port to listen on."""
+
+    gateway_mode: bool = False
+    """Run the model in a supervised worker process: the gateway (no torch) restarts it when it crashes, is
+    killed or runs out of memory, and IDLE_TIMEOUT stops it to free GPU memory."""
 
     use_granian: bool = False
     """Serve with Granian (extra `granian`) instead of uvicorn."""
@@ -226,6 +230,54 @@ class Settings(BaseSettings):
 
     stream_vad_prefix_padding_ms: float = Field(default=300.0, ge=0, le=2000)
     """Audio in ms kept before the detected start of speech."""
+
+    # --- acceleration ------------------------------------------------------------------------
+    use_vllm: bool = False
+    """Serve through vLLM's own Qwen3-ASR support and async engine (extra `vllm`, CUDA GPU): concurrent
+    requests and stream partials share continuous batching. Same as `ASR_ENGINE=vllm`."""
+
+    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    """Share of the GPU's memory vLLM may take for weights, activations and its KV cache."""
+
+    vllm_max_num_seqs: int = Field(default=128, ge=1)
+    """Most sequences vLLM decodes at once; the worker keeps enough batches in flight to fill them."""
+
+    use_speculative: bool = False
+    """Greedy speculative decoding on the transformers engine: FAST_MODEL_ID drafts SPECULATIVE_K tokens,
+    the model checks them in one pass. Output is token-for-token the model's own; pays off only when
+    the draft is much cheaper and agrees often (see docs/acceleration.md)."""
+
+    fast_model_id: str | None = None
+    """Hub id or local directory of the draft model for USE_SPECULATIVE (e.g. `Qwen/Qwen3-ASR-0.6B`
+    drafting for 1.7B); it must share the model's tokenizer."""
+
+    speculative_k: int = Field(default=4, ge=1, le=16)
+    """Tokens the draft proposes per verification pass."""
+
+    onnx_encoder_path: Path | None = None
+    """Run the audio encoder on ONNX Runtime (extra `onnx`; CPU provider on CPU, CUDA provider on GPU):
+    the folder (or .onnx file) written by `asr-server export-encoder`."""
+
+    trt_encoder_path: Path | None = None
+    """Like ONNX_ENCODER_PATH but through ONNX Runtime's TensorRT provider (extra `gpu`, CUDA GPU);
+    engines are built on first use and cached in a `trt-cache` folder beside the .onnx file."""
+
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernels of the transformers engine. `auto`: flash_attention_2 on CUDA when flash-attn
+    is installed, else sdpa. The audio encoder honours its 8 s attention windows only with
+    flash_attention_2 (and vLLM); sdpa/eager attend over the whole clip."""
+
+    allow_tf32: bool = True
+    """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (no effect on CPU or in
+    bf16/fp16)."""
+
+    cudnn_benchmark: bool = False
+    """On CUDA, let cuDNN time its convolution algorithms per input shape (helps fixed shapes; audio
+    lengths vary, so off by default)."""
+
+    prefill_last_logits_only: bool = True
+    """Compute the LM head only at the last prompt position during prefill (generation reads no other):
+    saves vocabulary × prompt length floats, ~1.5 GB in fp32 for 200 s of audio."""
 
 
 def _free_gpu_bytes() -> int:

@@ -68,3 +68,6 @@ def configure_logging(level: str = "INFO", json_lines: bool = False, log_file: P
         std_logger = logging.getLogger(name)
         std_logger.handlers = [InterceptHandler()]
         std_logger.propagate = False
+    # One line per HTTP call to the LLM or the worker process is noise at INFO.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logger.level(level).no))

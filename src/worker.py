@@ -52,21 +52,25 @@ class ModelWorker:
         self._metrics = metrics
         self.engine = engine
         self._queue = queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        # An engine that batches continuously by itself (vLLM) declares `concurrency` > 1: it may be called
+        # from that many threads at once, and that many loops keep that many batches in flight. Every
+        # other engine has none: one engine thread, one batch at a time.
+        self._concurrency = max(1, int(getattr(engine, "concurrency", 1)))
+        self._executor = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="engine")
         self._tasks: list[asyncio.Task[None]] = []
         self._load_lock = asyncio.Lock()
         self.state = EngineState.unloaded
         self.load_error: str | None = None
         self._failed_at = 0.0
         self._last_activity = time.monotonic()
-        self._busy = False
+        self._busy = 0  # batches running
         self.load_seconds: float | None = None
         self.batches_run = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._run_loop(), name="worker-loop"),
+            *(asyncio.create_task(self._run_loop(), name="worker-loop") for _ in range(self._concurrency)),
             asyncio.create_task(self._idle_monitor(), name="worker-idle"),
         ]
         if self._settings.preload:
@@ -157,7 +161,7 @@ class ModelWorker:
                 _fail(batch, InferenceError(f"internal error: {type(exc).__name__}"))
 
     async def _process(self, batch: list[Job]) -> None:
-        self._busy = True
+        self._busy += 1
         self.touch()
         try:
             try:
@@ -181,7 +185,7 @@ class ModelWorker:
                 else:
                     job.future.set_result(outcome)
         finally:
-            self._busy = False
+            self._busy -= 1
             self.touch()
 
     async def _run_with_isolation(self, kind: JobKind, batch: list[Job]) -> list[Any]:
@@ -189,6 +193,10 @@ class ModelWorker:
         payloads = [job.payload for job in batch]
         try:
             return await self._in_thread(self._do_transcribe, kind, payloads)
+        except EngineUnavailable as exc:
+            # The engine itself is gone (e.g. the worker process died): every job of the batch gets the
+            # 503 at once; jobs still queued run after the engine is back.
+            return [exc] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
                 return [_as_service_error(exc, kind)]

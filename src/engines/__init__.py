@@ -1,6 +1,9 @@
-"""Inference engines behind one small contract (`Engine`), chosen by `ASR_ENGINE`."""
+"""Inference engines behind one small contract (`Engine`), chosen by `ASR_ENGINE` and the acceleration flags."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 from asr_server.config import EngineName, Settings
 from asr_server.engines.base import (
@@ -10,12 +13,31 @@ from asr_server.engines.base import (
     TranscribeItem,
     Transcript,
 )
+from asr_server.errors import EngineUnavailable
 
-__all__ = ["AlignItem", "AlignedUnit", "Engine", "TranscribeItem", "Transcript", "create_engine"]
+__all__ = [
+    "AlignItem",
+    "AlignedUnit",
+    "Engine",
+    "TranscribeItem",
+    "Transcript",
+    "check_acceleration",
+    "create_engine",
+]
 
 
 def create_engine(settings: Settings) -> Engine:
-    """Build (not load) the engine the settings name. Heavy imports happen in `Engine.load()`."""
+    """Build (not load) the engine the settings name. Heavy imports happen in `Engine.load()`; a flag whose
+    package or configuration is missing fails here, at start, with the extra to install."""
+    check_acceleration(settings)
+    if settings.gateway_mode:  # the worker process builds the real engine from the same settings
+        from asr_server.engines.remote import RemoteEngine
+
+        return RemoteEngine(settings)
+    if settings.use_vllm or settings.asr_engine == EngineName.vllm:
+        from asr_server.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(settings)
     if settings.asr_engine == EngineName.fake:
         from asr_server.engines.fake import FakeEngine
 
@@ -25,3 +47,56 @@ def create_engine(settings: Settings) -> Engine:
 
         return TransformersEngine(settings)
     raise ValueError(f"ASR_ENGINE={settings.asr_engine.value} is not available in this build")
+
+
+def _require(module: str, flag: str, extra: str, note: str = "") -> None:
+    # find_spec looks the package up without importing it: the gateway stays free of the ML stack.
+    if importlib.util.find_spec(module) is None:
+        raise EngineUnavailable(
+            f"{flag} needs the '{extra}' extra: pip install 'qwen3-asr-server[{extra}]'{note}",
+            code="missing_dependency",
+        )
+
+
+def _require_encoder(path: Path, flag: str) -> None:
+    file = path / "encoder.onnx" if path.is_dir() else path
+    if not file.is_file():
+        raise EngineUnavailable(
+            f"{flag}={path}: no exported encoder there (run: asr-server export-encoder --model MODEL --out DIR)",
+            code="bad_config",
+        )
+
+
+def check_acceleration(settings: Settings) -> None:
+    """Raise EngineUnavailable when an acceleration flag cannot work with what is installed or configured."""
+    if settings.use_vllm or settings.asr_engine == EngineName.vllm:
+        ignored = [
+            flag
+            for flag, value in (
+                ("USE_SPECULATIVE", settings.use_speculative),
+                ("ONNX_ENCODER_PATH", settings.onnx_encoder_path),
+                ("TRT_ENCODER_PATH", settings.trt_encoder_path),
+            )
+            if value
+        ]
+        if ignored:
+            raise EngineUnavailable(
+                f"{', '.join(ignored)} apply to the transformers engine, not to vLLM", code="bad_config"
+            )
+        _require("vllm", "USE_VLLM=1", "vllm", " on a CUDA machine (see docs/acceleration.md)")
+        return
+    if settings.asr_engine != EngineName.transformers:
+        return
+    if settings.use_speculative and not settings.fast_model_id:
+        raise EngineUnavailable("USE_SPECULATIVE=1 needs FAST_MODEL_ID (the draft model)", code="bad_config")
+    if settings.trt_encoder_path:
+        _require("onnxruntime", "TRT_ENCODER_PATH", "gpu")
+        _require("tensorrt", "TRT_ENCODER_PATH", "gpu")
+        _require_encoder(settings.trt_encoder_path, "TRT_ENCODER_PATH")
+    elif settings.onnx_encoder_path:
+        _require("onnxruntime", "ONNX_ENCODER_PATH", "onnx")
+        _require_encoder(settings.onnx_encoder_path, "ONNX_ENCODER_PATH")
+    if settings.attn_implementation == "flash_attention_2":
+        if settings.device == "cpu":
+            raise EngineUnavailable("ATTN_IMPLEMENTATION=flash_attention_2 needs a CUDA device", code="no_gpu")
+        _require("flash_attn", "ATTN_IMPLEMENTATION=flash_attention_2", "gpu")

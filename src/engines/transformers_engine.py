@@ -2,11 +2,18 @@
 
 torch, transformers and qwen_asr are imported in `load()` only, so the gateway stays small until a
 model is needed. The forced aligner loads on the first alignment and unloads with the model.
+
+Acceleration switches act once, in `load()`, on the model instance (never per request): the audio
+encoder replaced by an ONNX Runtime/TensorRT one (ONNX_ENCODER_PATH/TRT_ENCODER_PATH), qwen-asr's
+`generate` replaced by speculative decoding (USE_SPECULATIVE), the prefill LM head limited to the last
+position (PREFILL_LAST_LOGITS_ONLY), attention kernels, TF32 and cuDNN benchmark. `describe()` (→ /ready
+and the load log) says which path is active.
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.util
 import time
 from typing import Any
 
@@ -37,6 +44,9 @@ class TransformersEngine(Engine):
         self._aligner: Any = None
         self._device = "cpu"
         self._dtype_name = "float32"
+        self._attn = "sdpa"
+        self._encoder: Any = None  # OnnxAudioEncoder when the encoder was replaced
+        self._speculative: Any = None  # SpeculativeGenerator when USE_SPECULATIVE=1
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -64,13 +74,15 @@ class TransformersEngine(Engine):
         except ImportError as exc:
             raise _missing_extra(exc) from exc
         torch, device, dtype = self._torch_options()
+        self._attn = self._attention_kernels(torch, device)
         started = time.perf_counter()
-        logger.info("loading {} on {} ({})", self._model_id, device, dtype)
+        logger.info("loading {} on {} ({}, {})", self._model_id, device, dtype, self._attn)
         try:
             self._model = Qwen3ASRModel.from_pretrained(
                 self._model_id,
                 dtype=dtype,
                 device_map=device,
+                attn_implementation=self._attn,
                 max_inference_batch_size=self._settings.max_batch_size,
                 max_new_tokens=self._settings.max_new_tokens,
             )
@@ -78,14 +90,66 @@ class TransformersEngine(Engine):
             # OSError covers "not a local folder and not reachable on the hub".
             raise EngineUnavailable(f"cannot load model {self._model_id!r}: {exc}", code="model_load_failed") from exc
         self._device, self._dtype_name = device, str(dtype).removeprefix("torch.")
-        logger.info("loaded {} in {:.1f} s", self._model_id, time.perf_counter() - started)
+        self._accelerate(device, dtype)
+        logger.info("loaded {} in {:.1f} s: {}", self._model_id, time.perf_counter() - started, self.describe()["path"])
         del torch
+
+    def _attention_kernels(self, torch: Any, device: str) -> str:
+        """Resolve ATTN_IMPLEMENTATION; on CUDA also apply TF32 and cuDNN benchmark (process-wide switches)."""
+        cuda = device.startswith("cuda")
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = self._settings.allow_tf32
+            torch.backends.cudnn.allow_tf32 = self._settings.allow_tf32
+            torch.backends.cudnn.benchmark = self._settings.cudnn_benchmark
+        attn = self._settings.attn_implementation
+        if attn == "auto":
+            return "flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+        if attn == "flash_attention_2" and not cuda:
+            raise EngineUnavailable("ATTN_IMPLEMENTATION=flash_attention_2 needs a CUDA device", code="no_gpu")
+        return attn
+
+    def _accelerate(self, device: str, dtype: Any) -> None:
+        """Swap parts of the freshly loaded model, once, as the acceleration settings ask."""
+        s = self._settings
+        model = self._model.model  # the transformers Qwen3ASRForConditionalGeneration
+        encoder_path = s.trt_encoder_path or s.onnx_encoder_path
+        if encoder_path:
+            from asr_server.engines.onnx_encoder import install_onnx_encoder
+
+            self._encoder = install_onnx_encoder(
+                model, encoder_path, device=device, tensorrt=bool(s.trt_encoder_path), threads=s.cpu_threads
+            )
+        if s.use_speculative:
+            self._speculative = self._load_draft(model, device, dtype)
+            self._model.model = self._speculative  # qwen-asr calls .generate/.device/.dtype on it
+        elif s.prefill_last_logits_only:
+            # generate() reads only the last position's logits; without this the prefill computes
+            # vocabulary-wide logits for every prompt position (1.5 GB for 200 s of audio in fp32).
+            model.thinker.lm_head.register_forward_pre_hook(_last_position_only)
+
+    def _load_draft(self, target: Any, device: str, dtype: Any) -> Any:
+        from transformers import AutoModel
+
+        from asr_server.engines.speculative import SpeculativeGenerator, check_compatible
+
+        draft_id = self._settings.fast_model_id
+        logger.info("loading draft model {} for speculative decoding", draft_id)
+        try:
+            draft = AutoModel.from_pretrained(draft_id, dtype=dtype, device_map=device, attn_implementation=self._attn)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise EngineUnavailable(f"cannot load draft model {draft_id!r}: {exc}", code="model_load_failed") from exc
+        reason = check_compatible(target, draft.eval())
+        if reason:
+            raise EngineUnavailable(f"FAST_MODEL_ID={draft_id} cannot draft for {self._model_id}: {reason}")
+        return SpeculativeGenerator(target, draft, self._settings.speculative_k)
 
     def unload(self) -> None:
         if self._model is None and self._aligner is None:
             return  # never loaded: do not import torch just to free nothing
         self._model = None
         self._aligner = None
+        self._encoder = None
+        self._speculative = None
         gc.collect()
         import torch
 
@@ -137,11 +201,43 @@ class TransformersEngine(Engine):
         ]
 
     def describe(self) -> dict[str, object]:
+        s = self._settings
+        path = ["transformers"]
+        if s.trt_encoder_path or s.onnx_encoder_path:
+            path.append("tensorrt-encoder" if s.trt_encoder_path else "onnx-encoder")
+        if s.use_speculative:
+            path.append("speculative")
         return {
             "engine": self.name,
+            "path": "+".join(path),
             "model": self._model_id,
             "forced_aligner": self._aligner_id,
             "device": self._device,
             "dtype": self._dtype_name,
+            "attn_implementation": self._attn,
+            "audio_encoder": f"onnxruntime/{self._encoder.provider}" if self._encoder is not None else "pytorch",
+            "speculative": {"draft": s.fast_model_id, "k": s.speculative_k} if s.use_speculative else None,
             "aligner_loaded": self._aligner is not None,
         }
+
+    def acceleration_stats(self) -> dict[str, float]:
+        """Counters for Prometheus: speculative acceptance and tokens per target pass, encoder time."""
+        stats: dict[str, float] = {}
+        if self._speculative is not None:
+            spec = self._speculative.stats()
+            stats.update(
+                speculative_acceptance_rate=spec.acceptance_rate,
+                speculative_tokens_per_target_pass=spec.tokens_per_target_pass,
+                speculative_proposed_tokens=float(spec.proposed),
+                speculative_accepted_tokens=float(spec.accepted),
+                speculative_target_passes=float(spec.target_passes),
+            )
+        if self._encoder is not None:
+            stats.update(encoder_calls=float(self._encoder.calls), encoder_seconds=self._encoder.seconds)
+        return stats
+
+
+def _last_position_only(_head: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """forward pre-hook on the LM head: keep the last position of the hidden states (left padding keeps
+    every row's last real token there)."""
+    return (args[0][:, -1:, :], *args[1:])

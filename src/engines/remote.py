@@ -1,0 +1,206 @@
+"""Gateway mode's engine: batches go to a supervised worker process that holds the model.
+
+The worker process (`asr_server.worker_process`) is started on the first load and watched by a thread.
+If it dies (crash, SIGKILL, out of GPU memory), the batch in flight fails at once with 503, and a new
+process is started (and the model reloaded) right away when the model was loaded, so queued jobs run
+on it. `unload()` stops the process, which frees all of its GPU memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from loguru import logger
+
+from asr_server.config import Settings
+from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.errors import EngineUnavailable, InferenceError
+
+START_TIMEOUT_S = 120.0
+LOAD_TIMEOUT_S = 3600.0  # first load may download weights
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the gateway dies, so a killed gateway leaves no orphan holding a GPU."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class WorkerProcessDied(EngineUnavailable):
+    code = "worker_restarting"
+
+
+class RemoteEngine(Engine):
+    name = "remote"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="asr-worker-"))
+        self._socket = self._socket_dir / "worker.sock"
+        self._lock = threading.RLock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._client: httpx.Client | None = None
+        self._loaded = False
+        self._want_loaded = False
+        self._supports_alignment = bool(settings.forced_aligner_id) and settings.asr_engine.value != "fake"
+        self._describe: dict[str, Any] = {"engine": f"{settings.asr_engine.value} (worker process)"}
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+        self._watcher.start()
+
+    # --- process management ------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process and self._process.poll() is None else None
+
+    def _spawn(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._socket.unlink()
+        env = {**os.environ, "GATEWAY_MODE": "0", "ASR_ENGINE": self._settings.asr_engine.value}
+        for name in ("model_id", "forced_aligner_id", "device", "dtype", "max_new_tokens", "max_batch_size"):
+            value = getattr(self._settings, name)
+            env[name.upper()] = "" if value is None else str(value)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "asr_server.worker_process", "--uds", str(self._socket)],
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self._client = httpx.Client(transport=httpx.HTTPTransport(uds=str(self._socket)), base_url="http://worker")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EngineUnavailable(f"the worker process exited at start (code {self._process.returncode})")
+            try:
+                self._client.get("/health", timeout=1.0)
+                logger.info("worker process {} started", self._process.pid)
+                return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise EngineUnavailable("the worker process did not start in time")
+
+    def _stop_process(self) -> None:
+        process, self._process = self._process, None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def _reap_if_died(self) -> bool:
+        """Under the lock: notice a worker process that died on its own (not stopped by us)."""
+        process = self._process
+        if process is None or process.poll() is None:
+            return False
+        logger.error("worker process {} died (exit code {})", process.pid, process.returncode)
+        self._process, self._loaded = None, False
+        self.restarts += 1
+        return True
+
+    def _watch(self) -> None:
+        """Restart a worker process that died while it should be serving."""
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                if self._reap_if_died() and self._want_loaded:
+                    try:
+                        self._start_and_load()
+                    except EngineUnavailable as exc:
+                        logger.error("restarting the worker process failed: {}", exc.message)
+
+    def _start_and_load(self) -> None:
+        if self._process is None or self._process.poll() is not None:
+            self._spawn()
+        response = self._post("/load", timeout=LOAD_TIMEOUT_S, params={"warmup": str(self._settings.warmup).lower()})
+        body = response.json()
+        self._supports_alignment = bool(body.get("supports_alignment"))
+        self._describe = {k: v for k, v in body.items() if k not in ("loaded", "supports_alignment")}
+        self._describe["engine"] = f"{body.get('engine', '?')} (worker process)"
+        self._loaded = True
+
+    def _post(self, path: str, *, timeout: float, **kwargs: Any) -> httpx.Response:
+        client = self._client
+        if client is None:
+            raise WorkerProcessDied("the model worker process is not running; it is being restarted")
+        try:
+            response = client.post(path, timeout=timeout, **kwargs)
+        except httpx.TransportError as exc:
+            raise WorkerProcessDied("the model worker process stopped while serving this request; retry") from exc
+        if response.status_code >= 400:
+            body = response.json()
+            error_type = EngineUnavailable if response.status_code == 503 else InferenceError
+            raise error_type(body.get("message", "worker error"), code=body.get("code"))
+        return response
+
+    # --- the Engine contract -----------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._loaded and self.pid is not None
+
+    def load(self) -> None:
+        with self._lock:
+            self._reap_if_died()
+            self._want_loaded = True
+            try:
+                self._start_and_load()
+            except EngineUnavailable:
+                self._want_loaded = False
+                self._stop_process()
+                raise
+
+    def unload(self) -> None:
+        with self._lock:
+            self._want_loaded = False
+            self._loaded = False
+            self._stop_process()
+
+    def warmup(self) -> None:
+        """The worker process warms up inside /load."""
+
+    def close(self) -> None:
+        self._stopping.set()
+        self.unload()
+
+    @staticmethod
+    def _multipart(audios: list[Any], meta: list[dict[str, Any]]) -> dict[str, Any]:
+        files = [
+            ("audio", (f"{i}.f32", a.astype("<f4").tobytes(), "application/octet-stream"))
+            for i, a in enumerate(audios)
+        ]
+        return {"files": files, "data": {"meta": json.dumps(meta)}}
+
+    def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
+        payload = self._multipart(
+            [i.audio for i in items], [{"language": i.language, "context": i.context} for i in items]
+        )
+        response = self._post("/transcribe", timeout=self._settings.request_timeout, **payload)
+        return [Transcript(text=r["text"], language=r["language"]) for r in response.json()]
+
+    @property
+    def supports_alignment(self) -> bool:
+        return self._supports_alignment
+
+    def align(self, items: list[AlignItem]) -> list[list[AlignedUnit]]:
+        payload = self._multipart([i.audio for i in items], [{"text": i.text, "language": i.language} for i in items])
+        response = self._post("/align", timeout=self._settings.request_timeout, **payload)
+        return [[AlignedUnit(text=t, start=s, end=e) for t, s, e in units] for units in response.json()]
+
+    def describe(self) -> dict[str, object]:
+        return {**self._describe, "worker_pid": self.pid, "worker_restarts": self.restarts}

@@ -1,0 +1,101 @@
+"""Gateway mode: the model in a supervised worker process that survives SIGKILL, with the real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from asr_server.config import Settings
+from asr_server.server import create_app
+
+from support import encode, noise, running_server
+
+pytestmark = pytest.mark.slow
+
+
+def _settings(model_dir: Path, **overrides: object) -> Settings:
+    return Settings(
+        gateway_mode=True,
+        asr_engine="transformers",
+        model_id=str(model_dir),
+        forced_aligner_id="",
+        device="cpu",
+        max_new_tokens=12,
+        log_level="WARNING",
+        **overrides,
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _worker_pid(url: str) -> int:
+    return httpx.get(f"{url}/ready", timeout=10).json()["worker_pid"]
+
+
+def test_worker_sigkill_under_load(hello_asr_dir: Path) -> None:
+    with running_server(create_app(_settings(hello_asr_dir, preload=True))) as url:
+        first_pid = _worker_pid(url)
+        clip = encode(noise(8.0, seed=1))
+
+        async def load_and_kill() -> tuple[list[int], list[int]]:
+            async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+
+                async def upload() -> int:
+                    response = await http.post("/transcribe", files={"file": ("a.wav", clip)})
+                    if response.status_code == 503:
+                        assert response.json()["error"]["code"] == "worker_restarting"
+                    else:
+                        assert response.json()["text"] == "hello world"
+                    return response.status_code
+
+                tasks = [asyncio.create_task(upload()) for _ in range(24)]
+                await asyncio.sleep(0.3)
+                os.kill(first_pid, signal.SIGKILL)
+                health = []
+                for _ in range(10):  # the gateway keeps answering while the worker restarts
+                    health.append((await http.get("/health")).status_code)
+                    await asyncio.sleep(0.05)
+                return await asyncio.gather(*tasks), health
+
+        statuses, health = asyncio.run(asyncio.wait_for(load_and_kill(), 180))
+        assert set(statuses) <= {200, 503}
+        assert statuses.count(200) >= 1, statuses
+        assert health == [200] * 10
+        # the worker is back (a new process) and serves
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/ready").json().get("worker_pid") in (None, first_pid):
+            assert time.monotonic() < deadline, "the worker process was not restarted"
+            time.sleep(0.2)
+        ready = httpx.get(f"{url}/ready").json()
+        assert ready["worker_restarts"] == 1
+        after = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", clip)}, timeout=60)
+        assert after.json()["text"] == "hello world"
+
+
+def test_idle_timeout_stops_the_worker_and_the_next_request_restarts_it(hello_asr_dir: Path) -> None:
+    with running_server(create_app(_settings(hello_asr_dir, idle_timeout=1.0))) as url:
+        clip = encode(noise(2.0, seed=2))
+        assert httpx.post(f"{url}/transcribe", files={"file": ("a.wav", clip)}, timeout=60).status_code == 200
+        pid = _worker_pid(url)
+        deadline = time.monotonic() + 30
+        while _worker_pid(url) is not None:
+            assert time.monotonic() < deadline, "the idle worker process was not stopped"
+            time.sleep(0.2)
+        while _alive(pid):  # really gone: its memory is freed
+            assert time.monotonic() < deadline, "the idle worker process did not exit"
+            time.sleep(0.2)
+        response = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", clip)}, timeout=60)
+        assert response.json()["text"] == "hello world"
+        assert _worker_pid(url) not in (None, pid)
