@@ -44,7 +44,13 @@ def _add_request_id(record: dict[str, Any]) -> None:
 
 def configure_logging(level: str = "INFO", json_lines: bool = False, log_file: Path | None = None) -> None:
     """(Re)configure loguru sinks and intercept standard logging. Safe to call more than once."""
-    logger.remove()
+    for _ in range(16):
+        # A file sink that cannot flush on close (disk full) raises after being detached; go on with the rest.
+        try:
+            logger.remove()
+            break
+        except OSError:
+            continue
     logger.configure(patcher=_add_request_id)
     logger.add(sys.stderr, level=level, serialize=json_lines, format=_TEXT_FORMAT, backtrace=False)
     if log_file is not None:
