@@ -275,9 +275,10 @@ class Settings(BaseSettings):
     """On CUDA, let cuDNN time its convolution algorithms per input shape (helps fixed shapes; audio
     lengths vary, so off by default)."""
 
-    prefill_last_logits_only: bool = True
-    """Compute the LM head only at the last prompt position during prefill (generation reads no other):
-    saves vocabulary × prompt length floats, ~1.5 GB in fp32 for 200 s of audio."""
+    bound_prefill_memory: bool = True
+    """Bound the peak memory of long audio on the transformers engine: the LM head runs at the last
+    prompt position only (generation reads no other; the full prompt costs ~1.5 GB in fp32 at 200 s) and
+    the audio encoder's convolutions take 50 one-second chunks at a time instead of 500."""
 
 
 def _free_gpu_bytes() -> int:

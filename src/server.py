@@ -18,7 +18,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr_server import __version__
-from asr_server.api import transcription, translation
+from asr_server.api import realtime, streaming, transcription, translation
 from asr_server.config import Settings
 from asr_server.dependencies import AppServices, ServicesDep
 from asr_server.engines import Engine, create_engine
@@ -146,6 +146,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(RequestContext, metrics=metrics)
     app.include_router(transcription.router)
     app.include_router(translation.router)
+    app.include_router(streaming.router)
+    app.include_router(realtime.router)
     _install_health_routes(app)
     return app
 

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from asr_server.fpenv import reset_floating_point_env
 
 # ====================================================================================================
 # Tiny local Qwen3-ASR / Qwen3-ForcedAligner checkpoints, built by scripts/make_tiny_checkpoint.py.
@@ -76,3 +79,10 @@ def tiny_aligner_dir() -> Path:
 
 
 # ==================================================================== end of tiny-checkpoint fixtures
+
+
+@pytest.fixture(autouse=True)
+def _ieee_floats() -> Iterator[None]:
+    """Tests that import qwen_asr in this process turn on flush-to-zero (nagisa); undo it after each."""
+    yield
+    reset_floating_point_env()

@@ -39,3 +39,16 @@ def test_language_table_matches_qwen_asr() -> None:
     from asr_server.languages import LANGUAGE_BY_CODE
 
     assert sorted(LANGUAGE_BY_CODE.values()) == sorted(SUPPORTED_LANGUAGES)
+
+
+def test_floating_point_env_is_restored_after_importing_qwen_asr() -> None:
+    """nagisa (imported by qwen_asr) turns on flush-to-zero; reset_floating_point_env (run by the engine) undoes it."""
+    code = (
+        "import qwen_asr\n"
+        "from asr_server.fpenv import reset_floating_point_env, subnormals_flushed\n"
+        "before = subnormals_flushed()\n"
+        "reset_floating_point_env()\n"
+        "print(before, subnormals_flushed())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["True", "False"]

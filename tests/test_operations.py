@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import websockets
 
 from asr_server.config import Settings
 from asr_server.engines.fake import FakeEngine
@@ -58,6 +60,19 @@ def test_keys_never_reach_the_log(capfd: pytest.CaptureFixture[str]) -> None:
         httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sk-wrong-guess"})
     out, err = capfd.readouterr()
     assert secret not in out + err and "sk-wrong-guess" not in out + err
+
+
+async def test_websocket_is_checked_before_accept() -> None:
+    with running_server(_app(api_keys=KEY)) as url:
+        ws_url = url.replace("http", "ws") + "/ws/transcribe"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(ws_url):
+                pass
+        assert refused.value.response.status_code == 403
+        async with websockets.connect(f"{ws_url}?api_key={KEY}") as ws:
+            assert '"ready"' in await asyncio.wait_for(ws.recv(), 10)
+        async with websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+            assert '"ready"' in await asyncio.wait_for(ws.recv(), 10)
 
 
 def test_per_key_concurrency_is_bounded() -> None:

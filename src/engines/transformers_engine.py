@@ -5,9 +5,9 @@ model is needed. The forced aligner loads on the first alignment and unloads wit
 
 Acceleration switches act once, in `load()`, on the model instance (never per request): the audio
 encoder replaced by an ONNX Runtime/TensorRT one (ONNX_ENCODER_PATH/TRT_ENCODER_PATH), qwen-asr's
-`generate` replaced by speculative decoding (USE_SPECULATIVE), the prefill LM head limited to the last
-position (PREFILL_LAST_LOGITS_ONLY), attention kernels, TF32 and cuDNN benchmark. `describe()` (→ /ready
-and the load log) says which path is active.
+`generate` replaced by speculative decoding (USE_SPECULATIVE), the prefill's LM head limited to the last
+position and the encoder's convolutions grouped (BOUND_PREFILL_MEMORY), attention kernels, TF32 and cuDNN
+benchmark. `describe()` (→ /ready and the load log) says which path is active.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from loguru import logger
 from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
 from asr_server.errors import EngineUnavailable
+from asr_server.fpenv import reset_floating_point_env
 
 SAMPLE_RATE = 16_000
+ENCODER_CONV_CHUNKS = 50  # one-second mel chunks per encoder convolution call when BOUND_PREFILL_MEMORY=1
 
 
 def _missing_extra(exc: ImportError) -> EngineUnavailable:
@@ -73,6 +75,7 @@ class TransformersEngine(Engine):
             from qwen_asr import Qwen3ASRModel
         except ImportError as exc:
             raise _missing_extra(exc) from exc
+        reset_floating_point_env()  # importing qwen_asr (nagisa) turned on flush-to-zero
         torch, device, dtype = self._torch_options()
         self._attn = self._attention_kernels(torch, device)
         started = time.perf_counter()
@@ -117,12 +120,19 @@ class TransformersEngine(Engine):
             from asr_server.engines.onnx_encoder import install_onnx_encoder
 
             self._encoder = install_onnx_encoder(
-                model, encoder_path, device=device, tensorrt=bool(s.trt_encoder_path), threads=s.cpu_threads
+                model,
+                encoder_path,
+                device=device,
+                tensorrt=bool(s.trt_encoder_path),
+                threads=s.cpu_threads,
+                max_seconds=s.max_audio_seconds,
             )
+        if s.bound_prefill_memory:
+            _bound_encoder_convolutions(model)
         if s.use_speculative:
             self._speculative = self._load_draft(model, device, dtype)
             self._model.model = self._speculative  # qwen-asr calls .generate/.device/.dtype on it
-        elif s.prefill_last_logits_only:
+        elif s.bound_prefill_memory:
             # generate() reads only the last position's logits; without this the prefill computes
             # vocabulary-wide logits for every prompt position (1.5 GB for 200 s of audio in fp32).
             model.thinker.lm_head.register_forward_pre_hook(_last_position_only)
@@ -138,6 +148,8 @@ class TransformersEngine(Engine):
             draft = AutoModel.from_pretrained(draft_id, dtype=dtype, device_map=device, attn_implementation=self._attn)
         except (OSError, ValueError, RuntimeError) as exc:
             raise EngineUnavailable(f"cannot load draft model {draft_id!r}: {exc}", code="model_load_failed") from exc
+        if self._settings.bound_prefill_memory:
+            _bound_encoder_convolutions(draft)
         reason = check_compatible(target, draft.eval())
         if reason:
             raise EngineUnavailable(f"FAST_MODEL_ID={draft_id} cannot draft for {self._model_id}: {reason}")
@@ -235,6 +247,15 @@ class TransformersEngine(Engine):
         if self._encoder is not None:
             stats.update(encoder_calls=float(self._encoder.calls), encoder_seconds=self._encoder.seconds)
         return stats
+
+
+def _bound_encoder_convolutions(model: Any) -> None:
+    """The PyTorch audio encoder convolves up to `conv_chunksize` (500) one-second mel chunks at once; with
+    480 channels the first convolution and its GELU hold ~12 MB per chunk each (2.5 GB at 200 s). Chunks
+    are independent, so smaller groups give the same numbers with a bounded peak."""
+    tower = model.thinker.audio_tower
+    if hasattr(tower, "conv_chunksize"):  # not on an ONNX encoder
+        tower.conv_chunksize = min(tower.conv_chunksize, ENCODER_CONV_CHUNKS)
 
 
 def _last_position_only(_head: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from asr_server.errors import InvalidField
+
 INPUT_RATE = 24_000  # `audio/pcm` / `pcm16` in the Realtime API is always 24 kHz
 
 
@@ -107,6 +109,32 @@ CLIENT_EVENT_TYPES = frozenset(
         "input_audio_buffer.clear",
     }
 )
+
+
+UNCHANGED: Any = object()  # "the update did not mention turn_detection" (None means: turn it off)
+
+
+def requested_changes(event: SessionUpdate | TranscriptionSessionUpdate) -> tuple[TranscriptionOptions | None, Any]:
+    """(transcription options, turn detection or UNCHANGED) of an update in either dialect.
+
+    Raises InvalidField for what this server cannot do (conversation sessions, G.711 audio).
+    """
+    if isinstance(event, SessionUpdate):
+        if event.session.type != "transcription":
+            raise InvalidField("this server offers transcription sessions only", param="session.type")
+        audio_input = event.session.audio.input if event.session.audio else None
+        if audio_input is None:
+            return None, UNCHANGED
+        fmt = audio_input.format
+        if fmt is not None and (fmt.type != "audio/pcm" or fmt.rate not in (None, INPUT_RATE)):
+            raise InvalidField("only audio/pcm at 24000 Hz is supported", param="session.audio.input.format")
+        mentioned = "turn_detection" in audio_input.model_fields_set
+        return audio_input.transcription, audio_input.turn_detection if mentioned else UNCHANGED
+    session = event.session
+    if session.input_audio_format not in (None, "pcm16"):
+        raise InvalidField("only pcm16 is supported", param="session.input_audio_format")
+    mentioned = "turn_detection" in session.model_fields_set
+    return session.input_audio_transcription, session.turn_detection if mentioned else UNCHANGED
 
 
 def new_id(prefix: str) -> str:

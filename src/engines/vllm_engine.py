@@ -1,0 +1,235 @@
+"""vLLM engine: vLLM's own Qwen3-ASR model (vllm >= 0.16) behind its async engine.
+
+vLLM batches continuously: a request joins the running batch at the next decoding step instead of
+waiting for the batch before it to finish. To use that from the worker's synchronous engine calls,
+the engine runs vLLM's event loop in a background thread ("vllm-loop"); `transcribe()` submits every
+item of its batch to that loop at once and waits for their results. The worker calls `transcribe()`
+from `concurrency` threads (see `ModelWorker`), so several batches (uploads, stream partials) are in
+vLLM together, bounded by VLLM_MAX_NUM_SEQS.
+
+Neither qwen_asr nor its transformers pin is needed: the prompt is the published chat template's
+rendering and the output parsing is a copy of qwen-asr's (a test checks both against qwen-asr), so the
+results are in the same format as the transformers engine's. vllm is imported in `load()` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from loguru import logger
+
+from asr_server.config import Settings
+from asr_server.engines.base import Engine, TranscribeItem, Transcript
+from asr_server.errors import EngineUnavailable
+
+SAMPLE_RATE = 16_000
+MAX_PIECE_SECONDS = 1200  # qwen-asr's MAX_ASR_INPUT_SECONDS: longer audio is transcribed in pieces
+AUDIO_TOKENS_PER_SECOND = 13  # 100 mel frames -> 13 encoder outputs
+PROMPT_ALLOWANCE = 1024  # chat template plus context text, in tokens
+_ASR_TEXT = "<asr_text>"
+_PROMPT = (
+    "<|im_start|>system\n{context}<|im_end|>\n<|im_start|>user\n"
+    "<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+def build_prompt(context: str, language: str | None) -> str:
+    """The prompt qwen-asr builds from the published chat template; a forced language asks for text only."""
+    prompt = _PROMPT.format(context=context or "")
+    return prompt + f"language {language}{_ASR_TEXT}" if language else prompt
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, settings: Settings, *, engine_factory: Callable[[], Any] | None = None) -> None:
+        """`engine_factory` (tests) returns a stand-in for vLLM's AsyncLLM; by default vLLM is loaded."""
+        self._settings = settings
+        self._model_id = settings.resolved_model_id()
+        self._factory = engine_factory
+        self._llm: Any = None
+        self._sampling: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._request_ids = itertools.count()
+        # The worker keeps this many transcribe() calls in flight: enough batches to fill vLLM's slots.
+        self.concurrency = max(1, -(-settings.vllm_max_num_seqs // settings.max_batch_size))
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._llm is not None
+
+    def load(self) -> None:
+        if self._factory is None:
+            try:
+                import torch
+                import vllm  # noqa: F401
+            except ImportError as exc:
+                raise EngineUnavailable(
+                    f"USE_VLLM=1 needs the 'vllm' extra: pip install 'qwen3-asr-server[vllm]': {exc}",
+                    code="missing_dependency",
+                ) from exc
+            if not torch.cuda.is_available():
+                raise EngineUnavailable("USE_VLLM=1 needs a CUDA GPU; none is available", code="no_gpu")
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="vllm-loop", daemon=True)
+        thread.start()
+        try:
+            self._llm, self._sampling = asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+        except Exception as exc:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+            if isinstance(exc, EngineUnavailable):
+                raise
+            raise EngineUnavailable(f"vLLM cannot load {self._model_id!r}: {exc}", code="model_load_failed") from exc
+        self._loop, self._thread = loop, thread
+        logger.info("vLLM engine ready: {}", self.describe())
+
+    async def _start(self) -> tuple[Any, Any]:
+        """Create the async engine inside its own loop (it binds its output handler to the running loop)."""
+        s = self._settings
+        if self._factory is not None:
+            return self._factory(), {"temperature": 0.0, "max_tokens": s.max_new_tokens}
+        from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+
+        seconds = min(s.max_audio_seconds, MAX_PIECE_SECONDS)
+        args = AsyncEngineArgs(
+            model=self._model_id,
+            dtype=s.dtype,
+            gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+            max_num_seqs=s.vllm_max_num_seqs,
+            max_model_len=int(seconds * AUDIO_TOKENS_PER_SECOND) + s.max_new_tokens + PROMPT_ALLOWANCE,
+            limit_mm_per_prompt={"audio": 1},
+        )
+        return AsyncLLMEngine.from_engine_args(args), SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens)
+
+    def unload(self) -> None:
+        llm, loop, thread = self._llm, self._loop, self._thread
+        self._llm = self._loop = self._thread = None
+        if llm is not None and hasattr(llm, "shutdown"):
+            llm.shutdown()  # stops vLLM's engine-core process and frees the GPU
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=30)
+            loop.close()
+        gc.collect()
+
+    # --- inference ---------------------------------------------------------------------------
+    def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
+        loop = self._loop
+        if self._llm is None or loop is None:
+            raise EngineUnavailable("the model is not loaded")
+        futures = [asyncio.run_coroutine_threadsafe(self._transcribe_one(item), loop) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()  # vLLM aborts the cancelled requests
+            raise
+
+    async def _transcribe_one(self, item: TranscribeItem) -> Transcript:
+        language = _normalize_language(item.language)
+        step = MAX_PIECE_SECONDS * SAMPLE_RATE
+        pieces = [item.audio[i : i + step] for i in range(0, max(len(item.audio), 1), step)]
+        raw = await asyncio.gather(*(self._generate(piece, item.context, language) for piece in pieces))
+        parsed = [parse_asr_output(text, language) for text in raw]
+        return Transcript(text="".join(t for _, t in parsed), language=merge_languages([lang for lang, _ in parsed]))
+
+    async def _generate(self, audio: np.ndarray, context: str, language: str | None) -> str:
+        request = {
+            "prompt": build_prompt(context, language),
+            "multi_modal_data": {"audio": (np.asarray(audio, dtype=np.float32), SAMPLE_RATE)},
+        }
+        final: Any = None
+        async for output in self._llm.generate(request, self._sampling, f"asr-{next(self._request_ids)}"):
+            final = output
+        return final.outputs[0].text if final is not None and final.outputs else ""
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "engine": self.name,
+            "path": "vllm",
+            "model": self._model_id,
+            "device": "cuda",
+            "dtype": self._settings.dtype,
+            "max_num_seqs": self._settings.vllm_max_num_seqs,
+            "batches_in_flight": self.concurrency,
+        }
+
+
+# ------------------------------------------------------------------ output parsing (copy of qwen-asr's)
+def _normalize_language(language: str | None) -> str | None:
+    if language is None or not str(language).strip():
+        return None
+    s = str(language).strip()
+    return s[:1].upper() + s[1:].lower()
+
+
+def merge_languages(languages: list[str]) -> str:
+    """Per-piece languages, consecutive duplicates and empties dropped, comma-joined."""
+    out: list[str] = []
+    for lang in (x.strip() for x in languages if x):
+        if lang and (not out or out[-1] != lang):
+            out.append(lang)
+    return ",".join(out)
+
+
+def _fix_char_repeats(s: str, threshold: int) -> str:
+    out, i = [], 0
+    while i < len(s):
+        n = 1
+        while i + n < len(s) and s[i + n] == s[i]:
+            n += 1
+        out.append(s[i] if n > threshold else s[i : i + n])
+        i += n
+    return "".join(out)
+
+
+def _fix_pattern_repeats(s: str, threshold: int, max_len: int = 20) -> str:
+    """A pattern of up to `max_len` characters repeated `threshold`+ times in a row is kept once."""
+    n = len(s)
+    if n < threshold * 2:
+        return s
+    out, i = [], 0
+    while i <= n - threshold * 2:
+        for k in range(1, max_len + 1):
+            if i + k * threshold > n:
+                break
+            pattern = s[i : i + k]
+            if all(s[i + r * k : i + r * k + k] == pattern for r in range(1, threshold)):
+                end = i + threshold * k
+                while end + k <= n and s[end : end + k] == pattern:
+                    end += k
+                return "".join(out) + pattern + _fix_pattern_repeats(s[end:], threshold, max_len)
+        out.append(s[i])
+        i += 1
+    return "".join(out) + s[i:]
+
+
+def parse_asr_output(raw: str | None, forced_language: str | None = None, threshold: int = 20) -> tuple[str, str]:
+    """(language, text) from "language X<asr_text>text", as qwen_asr.inference.utils.parse_asr_output."""
+    s = str(raw or "").strip()
+    if not s:
+        return "", ""
+    s = _fix_pattern_repeats(_fix_char_repeats(s, threshold), threshold)
+    if forced_language:
+        return forced_language, s
+    if _ASR_TEXT not in s:
+        return "", s.strip()
+    meta, text = s.split(_ASR_TEXT, 1)
+    if "language none" in meta.lower():
+        return "", text.strip()
+    language = ""
+    for line in (x.strip() for x in meta.splitlines()):
+        if line.lower().startswith("language "):
+            language = _normalize_language(line[len("language ") :]) or ""
+            break
+    return language, text.strip()
