@@ -15,7 +15,7 @@ from asr_server.config import Settings
 from asr_server.engines import TranscribeItem, Transcript
 from asr_server.errors import JobTimeout
 from asr_server.queue import PRIORITY_HTTP, PriorityInferQueue
-from asr_server.text_layout import is_cjk
+from asr_server.text_layout import join_pieces
 from asr_server.vad import split_at_quiet_points
 from asr_server.worker import JobKind, ModelWorker
 
@@ -95,13 +95,10 @@ class TranscriptionService:
         try:
             for task in tasks:
                 transcript: Transcript = await task
-                piece = transcript.text.strip()
-                if not piece:
-                    continue
-                if emitted and not (is_cjk(emitted[-1]) or is_cjk(piece[0])):
-                    piece = " " + piece
-                emitted += piece
-                yield piece
+                joined = join_pieces([emitted, transcript.text])
+                if len(joined) > len(emitted):
+                    yield joined[len(emitted) :]  # the new text, with its joining space
+                    emitted = joined
         finally:
             for task in tasks:
                 task.cancel()

@@ -23,7 +23,7 @@ from asr_server.errors import ServiceError
 from asr_server.queue import PRIORITY_HTTP
 from asr_server.service import TranscriptionService
 from asr_server.subtitle import CueRules, WordTiming, build_cues, fast_timings, join_words, restore_punctuation
-from asr_server.text_layout import is_cjk
+from asr_server.text_layout import join_pieces
 from asr_server.vad import speech_regions, split_at_quiet_points
 from asr_server.worker import JobKind
 
@@ -64,18 +64,6 @@ class TimedTranscription:
         if self.mode != SubtitleMode.accurate:
             return []
         return [chunk.index for chunk in self.chunks if chunk.mode == SubtitleMode.fast]
-
-
-def _join_chunk_texts(texts: list[str]) -> str:
-    """Join chunk transcripts: a space between Latin words, none between CJK characters."""
-    joined = ""
-    for text in (t.strip() for t in texts):
-        if not text:
-            continue
-        if joined and not (is_cjk(joined[-1]) or is_cjk(text[0])):
-            joined += " "
-        joined += text
-    return joined
 
 
 def _majority_language(languages: list[str]) -> str | None:
@@ -133,7 +121,7 @@ class SubtitlePipeline:
         words = [word for chunk_words, _ in timed for word in chunk_words]
         chunks = [chunk for _, chunk in timed]
         cues = await asyncio.to_thread(build_cues, words, audio.duration, rules)
-        text = _join_chunk_texts([t.text for t in transcripts])
+        text = join_pieces(t.text for t in transcripts)
         return TimedTranscription(
             text=text,
             language=_majority_language(chunk_languages) or language,

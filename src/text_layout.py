@@ -10,6 +10,7 @@ or after opening punctuation, the Japanese/Chinese "kinsoku" rules).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 
 import numpy as np
@@ -316,6 +317,15 @@ def needs_space(left: str, right: str) -> bool:
     """Space between two unspaced words by script: none next to Chinese/Japanese or before closing
     punctuation."""
     return not (breaks_anywhere(left[-1]) or breaks_anywhere(right[0]) or right[0] in NO_LINE_START)
+
+
+def join_pieces(pieces: Iterable[str]) -> str:
+    """Join transcript pieces (chunks, segments): one space between words, none next to CJK."""
+    joined = ""
+    for piece in (p.strip() for p in pieces):
+        if piece:
+            joined += (" " if joined and needs_space(joined, piece) else "") + piece
+    return joined
 
 
 def ends_sentence(core: str) -> bool:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import soundfile as sf
 
+from asr_server.engines import TranscribeItem, Transcript
+from asr_server.engines.fake import FakeEngine
 from asr_server.testing import free_port, running_server
 
-__all__ = ["encode", "free_port", "noise", "running_server", "speechlike", "tone", "wav_bytes"]
+__all__ = ["GatedEngine", "encode", "free_port", "noise", "running_server", "speechlike", "tone", "wav_bytes"]
 
 
 def tone(seconds: float, sample_rate: int = 16_000, freq: float = 220.0, amplitude: float = 0.3) -> np.ndarray:
@@ -50,3 +53,19 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
         total += burst + pause
     audio = np.concatenate(out)[: int(seconds * 16_000)]
     return np.concatenate([audio, np.zeros(int(seconds * 16_000) - len(audio), np.float32)])
+
+
+class GatedEngine(FakeEngine):
+    """The fake engine, but every batch blocks until `gate` is set; records each item's context and length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.contexts: list[str] = []
+        self.seconds: list[float] = []
+
+    def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
+        self.seconds.extend(item.audio.size / 16_000 for item in items)
+        self.gate.wait(20)
+        self.contexts.extend(item.context for item in items)
+        return super().transcribe(items)

@@ -12,7 +12,7 @@ import pytest
 from asr_server.config import Settings
 from asr_server.server import create_app
 
-from support import encode, noise, running_server, tone, wav_bytes
+from support import GatedEngine, encode, noise, running_server, tone, wav_bytes
 
 
 def _settings(**overrides: object) -> Settings:
@@ -155,19 +155,6 @@ def test_health_ready_models_and_request_id(base_url: str) -> None:
 
 async def test_full_queue_answers_429_with_retry_after() -> None:
     """A slow engine, a queue of 2: the burst beyond what fits is refused, the rest succeed."""
-    import threading
-
-    from asr_server.engines.fake import FakeEngine
-
-    class GatedEngine(FakeEngine):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gate = threading.Event()
-
-        def transcribe(self, items):  # type: ignore[no-untyped-def]
-            self.gate.wait(10)
-            return super().transcribe(items)
-
     engine = GatedEngine()
     app = create_app(_settings(queue_max=2, max_batch_size=1, warmup=False), engine=engine)
     with running_server(app) as url:
@@ -192,20 +179,7 @@ def test_client_disconnect_cancels_queued_work() -> None:
     """A client that gives up while its job waits: the job is dropped, never run."""
     import threading
 
-    from asr_server.engines.fake import FakeEngine
-
-    class RecordingEngine(FakeEngine):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gate = threading.Event()
-            self.contexts: list[str] = []
-
-        def transcribe(self, items):  # type: ignore[no-untyped-def]
-            self.gate.wait(10)
-            self.contexts.extend(item.context for item in items)
-            return super().transcribe(items)
-
-    engine = RecordingEngine()
+    engine = GatedEngine()
     app = create_app(_settings(max_batch_size=1, warmup=False), engine=engine)
     with running_server(app) as url:
         blocker = threading.Thread(

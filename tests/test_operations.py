@@ -12,10 +12,9 @@ import pytest
 import websockets
 
 from asr_server.config import Settings
-from asr_server.engines.fake import FakeEngine
 from asr_server.server import create_app
 
-from support import running_server, wav_bytes
+from support import GatedEngine, running_server, wav_bytes
 
 KEY = "sk-test-0123456789"
 
@@ -76,15 +75,6 @@ async def test_websocket_is_checked_before_accept() -> None:
 
 
 def test_per_key_concurrency_is_bounded() -> None:
-    class GatedEngine(FakeEngine):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gate = threading.Event()
-
-        def transcribe(self, items):  # type: ignore[no-untyped-def]
-            self.gate.wait(10)
-            return super().transcribe(items)
-
     engine = GatedEngine()
     app = create_app(
         Settings(asr_engine="fake", log_level="WARNING", api_keys=KEY, max_concurrent_per_key=1, warmup=False),

@@ -11,7 +11,6 @@ import itertools
 import json
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,10 +21,9 @@ import pytest
 import websockets
 
 from asr_server.config import Settings
-from asr_server.engines.fake import FakeEngine
 from asr_server.server import create_app
 
-from support import running_server, tone
+from support import GatedEngine, running_server, tone
 
 RATE = 16_000
 
@@ -255,20 +253,6 @@ async def test_sessions_end_at_the_maximum_length() -> None:
         received = [event async for event in events(ws)]
     assert [e["code"] for e in of_type(received, "error")] == ["session_too_long"]
     assert ws.close_code == 1008
-
-
-class GatedEngine(FakeEngine):
-    """Blocks every batch until `gate` is set, and records what reached it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = threading.Event()
-        self.seconds: list[float] = []
-
-    def transcribe(self, items):  # type: ignore[no-untyped-def]
-        self.seconds.extend(item.audio.size / RATE for item in items)
-        self.gate.wait(20)
-        return super().transcribe(items)
 
 
 async def test_a_client_that_disconnects_frees_everything_at_once() -> None:
