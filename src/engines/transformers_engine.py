@@ -21,6 +21,7 @@ from loguru import logger
 
 from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.weights import resolve_weights
 from asr_server.errors import EngineUnavailable
 from asr_server.fpenv import reset_floating_point_env
 
@@ -82,7 +83,7 @@ class TransformersEngine(Engine):
         logger.info("loading {} on {} ({}, {})", self._model_id, device, dtype, self._attn)
         try:
             self._model = Qwen3ASRModel.from_pretrained(
-                self._model_id,
+                resolve_weights(self._model_id),
                 dtype=dtype,
                 device_map=device,
                 attn_implementation=self._attn,
@@ -193,7 +194,9 @@ class TransformersEngine(Engine):
             del torch
             logger.info("loading forced aligner {} on {}", self._aligner_id, device)
             try:
-                self._aligner = Qwen3ForcedAligner.from_pretrained(self._aligner_id, dtype=dtype, device_map=device)
+                self._aligner = Qwen3ForcedAligner.from_pretrained(
+                    resolve_weights(self._aligner_id), dtype=dtype, device_map=device
+                )
             except (OSError, ValueError, RuntimeError) as exc:
                 raise EngineUnavailable(
                     f"cannot load forced aligner {self._aligner_id!r}: {exc}", code="aligner_load_failed"

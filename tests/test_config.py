@@ -1,0 +1,43 @@
+"""Settings: environment names, .env, list parsing, and the GPU-sized batch default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import asr_server.config as config
+from asr_server.config import Settings, default_batch_size
+
+GIB = 1024**3
+
+
+def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("MODEL_ID=/models/from-dotenv\nQUEUE_MAX=7\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QUEUE_MAX", "9")  # the environment wins over .env
+    monkeypatch.setenv("API_KEYS", " key-one , key-two,,key-three ")
+    settings = Settings()
+    assert settings.model_id == "/models/from-dotenv" and settings.queue_max == 9
+    assert [k.get_secret_value() for k in settings.api_keys] == ["key-one", "key-two", "key-three"]
+    assert "key-one" not in repr(settings)  # secrets never print
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(ValueError):
+        Settings(max_batch_size=0)
+    with pytest.raises(ValueError):
+        Settings(log_level="LOUD")
+
+
+def test_batch_size_grows_with_free_gpu_memory_within_bounds() -> None:
+    sizes = [default_batch_size(gib * GIB, "Qwen/Qwen3-ASR-1.7B") for gib in (2, 8, 16, 40, 80)]
+    assert sizes == sorted(sizes) and sizes[0] == 1 and sizes[-1] == 32
+    assert default_batch_size(8 * GIB, "Qwen/Qwen3-ASR-0.6B") > default_batch_size(8 * GIB, "Qwen/Qwen3-ASR-1.7B")
+
+
+def test_gpu_default_applies_only_when_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "_free_gpu_bytes", lambda: 24 * GIB)  # the hardware probe, not the logic
+    assert Settings(model_id="Qwen/Qwen3-ASR-1.7B").max_batch_size == default_batch_size(24 * GIB, "1.7B")
+    assert Settings(model_id="Qwen/Qwen3-ASR-1.7B", max_batch_size=3).max_batch_size == 3
+    assert Settings(device="cpu").max_batch_size == 8
