@@ -114,6 +114,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         }
     )
     metrics.add_snapshot("asr_", "Live streams", services.streams.snapshot)
+    engine_stats = getattr(worker.engine, "acceleration_stats", None)
+    if engine_stats is not None:  # speculative acceptance, tokens per target pass, encoder time
+        metrics.add_snapshot("asr_", "Acceleration", engine_stats)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -132,3 +132,23 @@ def test_prometheus_metrics_follow_the_traffic() -> None:
     assert _metric(text, "asr_queue_depth") == 0
     assert _metric(text, "asr_streams_active") == 0
     assert _metric(text, "asr_real_time_factor_count") >= 1
+
+
+@pytest.mark.slow
+def test_speculative_decoding_metrics_are_exported(tiny_asr_dir: Path) -> None:
+    """The same checkpoint as target and draft: every proposed token is accepted, and /metrics says so."""
+    settings = Settings(
+        asr_engine="transformers",
+        model_id=str(tiny_asr_dir),
+        fast_model_id=str(tiny_asr_dir),
+        use_speculative=True,
+        forced_aligner_id="",
+        device="cpu",
+        max_new_tokens=8,
+        log_level="WARNING",
+    )
+    with running_server(create_app(settings)) as url:
+        assert httpx.post(f"{url}/transcribe", files={"file": ("a.wav", wav_bytes(2.0))}, timeout=120).is_success
+        text = httpx.get(f"{url}/metrics").text
+    assert _metric(text, "asr_speculative_acceptance_rate") == pytest.approx(1.0)
+    assert _metric(text, "asr_speculative_tokens_per_target_pass") > 1.0

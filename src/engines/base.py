@@ -46,6 +46,9 @@ class Engine(ABC):
     """A loaded-on-demand speech model. `load` may be slow and may raise; `unload` frees memory."""
 
     name: str = "engine"
+    # Batches the worker may keep in flight at once. 1 for engines that are not thread-safe (all but vLLM,
+    # whose own scheduler batches continuously across concurrent calls).
+    concurrency: int = 1
 
     @abstractmethod
     def load(self) -> None: ...
