@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: a later resolve then keeps it instead of pulling a CUDA build.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[asr,vad,dev]' -c constraints.txt
+	$(BIN)/pip install -q -e '.[asr,vad,onnx,dev]' -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
