@@ -2,7 +2,7 @@
 
 Two terms grow with the audio: the LM head over every prompt position (prompt tokens × 151,936 floats,
 although generation reads only the last row), and the audio encoder's first convolution + GELU over up
-to 500 one-second chunks at once (480 channels at the real dimensions: ~12 MB per second of audio, each).
+to 500 one-second chunks at once (480 channels at the real dimensions: ~6 MB per second of audio, each).
 Each case runs in a fresh process (so one case's freed memory cannot hide the next one's peak): a random
 Qwen3-ASR of `--dims` with the real vocabulary is built, one clip of N seconds is prepared, and
 `generate(max_new_tokens=1)` (prefill + one token) runs while a thread samples the resident set every

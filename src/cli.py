@@ -14,6 +14,8 @@ WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
     """CLI flags as setting values (they win over the environment and .env)."""
     values = {"host": args.host, "port": args.port, "model_id": args.model_id, "asr_engine": args.engine}
+    if getattr(args, "ray", False):
+        values["use_ray"] = True
     return {name: str(value) for name, value in values.items() if value is not None}
 
 
@@ -28,6 +30,10 @@ def _serve(args: argparse.Namespace) -> int:
     except EngineUnavailable as exc:
         print(f"asr-server: {exc.message}", file=sys.stderr)
         return 2
+    if settings.use_ray:
+        from asr_server.ray_serve import serve_on_ray
+
+        return serve_on_ray(settings)
     if settings.use_granian:
         return _serve_granian(settings, overrides)
     import uvicorn
@@ -85,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (PORT)")
     serve.add_argument("--model-id", help="hub id or local directory (MODEL_ID)")
     serve.add_argument("--engine", choices=["transformers", "fake", "vllm"], help="inference engine (ASR_ENGINE)")
+    serve.add_argument("--ray", action="store_true", help="serve on a Ray cluster (USE_RAY; extra ray)")
     serve.set_defaults(func=_serve)
     table = sub.add_parser("settings-table", help="print the settings as a Markdown table")
     table.set_defaults(func=lambda _args: print(settings_table()) or 0)

@@ -289,6 +289,32 @@ class Settings(BaseSettings):
     prompt position only (generation reads no other; the full prompt costs ~1.5 GB in fp32 at 200 s) and
     the audio encoder's convolutions take 50 one-second chunks at a time instead of 500."""
 
+    # --- ray ---------------------------------------------------------------------------------
+    use_ray: bool = False
+    """Serve as a Ray Serve application (extra `ray`; same as `asr-server serve --ray`) on the cluster
+    `RAY_ADDRESS` names, or a new local one: the gateway as the ingress, the model on replicas."""
+
+    ray_min_replicas: int = Field(default=1, ge=0)
+    """Fewest model replicas Ray keeps; 0 lets it stop them all when idle (the next request starts one)."""
+
+    ray_max_replicas: int | None = Field(default=None, ge=1)
+    """Most model replicas Ray may run. Unset: as many as the cluster's GPUs hold at
+    RAY_GPUS_PER_REPLICA (1 on a cluster without GPUs)."""
+
+    ray_gpus_per_replica: float | None = Field(default=None, ge=0)
+    """GPUs each model replica reserves (0.5 puts two replicas on one GPU). Unset: 1 when the cluster
+    has GPUs, else 0 (CPU replicas)."""
+
+    ray_cpus_per_replica: float = Field(default=1.0, ge=0)
+    """CPUs each model replica reserves in Ray's scheduling (set CPU_THREADS to match on CPU replicas)."""
+
+    ray_target_queued_per_replica: float = Field(default=2.0, gt=0)
+    """Batches (running or waiting) per model replica that autoscaling aims for; also how many batches
+    a replica accepts at once. The gateway keeps this many per possible replica in flight when busy."""
+
+    ray_ingress_replicas: int = Field(default=1, ge=1)
+    """Gateway (ingress) replicas; each holds its own queue and its WebSocket streams."""
+
     # --- hardware fit ------------------------------------------------------------------------
     quantize: Literal["none", "int8", "fp8"] = "none"
     """Quantize the model's weights at load. `int8`: on CPU, PyTorch dynamic int8 of the decoder and LM head

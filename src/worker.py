@@ -26,6 +26,7 @@ from asr_server.config import Settings
 from asr_server.engines import AlignItem, Engine, TranscribeItem
 from asr_server.errors import EngineUnavailable, InferenceError, ServiceError
 from asr_server.metrics import Metrics
+from asr_server.oom import halves, is_out_of_memory, too_large
 from asr_server.queue import Job, PriorityInferQueue
 
 # Seconds before a failed model load is tried again; in between, jobs fail fast with the reason.
@@ -191,6 +192,7 @@ class ModelWorker:
     async def _run_with_isolation(self, kind: JobKind, batch: list[Job]) -> list[Any]:
         """Run the batch; if it raises, run each job alone so the error stays with the job that caused it."""
         payloads = [job.payload for job in batch]
+        out_of_memory = False
         try:
             return await self._in_thread(self._do_transcribe, kind, payloads)
         except EngineUnavailable as exc:
@@ -198,10 +200,19 @@ class ModelWorker:
             # 503 at once; jobs still queued run after the engine is back.
             return [exc] * len(batch)
         except Exception as exc:
+            out_of_memory = is_out_of_memory(exc)
             if len(batch) == 1:
-                return [_as_service_error(exc, kind)]
-            logger.warning("batch of {} failed ({}); retrying one by one", len(batch), type(exc).__name__)
+                return [too_large(kind.value) if out_of_memory else _as_service_error(exc, kind)]
+            how = "in halves" if out_of_memory else "one by one"
+            logger.warning("batch of {} failed ({}); retrying {}", len(batch), type(exc).__name__, how)
         outcomes: list[Any] = []
+        if out_of_memory:
+            # Too big for the device, not a bad input: run each half (recursively, down to single jobs). This
+            # runs after the except block, so the traceback holding the failed batch's tensors is gone.
+            for half in halves(batch):
+                live = any(not job.done for job in half)
+                outcomes.extend(await self._run_with_isolation(kind, half) if live else [None] * len(half))
+            return outcomes
         for job in batch:
             if job.done:
                 outcomes.append(None)

@@ -13,6 +13,7 @@ from asr_server.engines.base import (
     TranscribeItem,
     Transcript,
 )
+from asr_server.engines.quantization import check_quantization
 from asr_server.errors import EngineUnavailable
 
 __all__ = [
@@ -30,6 +31,10 @@ def create_engine(settings: Settings) -> Engine:
     """Build (not load) the engine the settings name. Heavy imports happen in `Engine.load()`; a flag whose
     package or configuration is missing fails here, at start, with the extra to install."""
     check_acceleration(settings)
+    if settings.use_ray:  # the model replicas of the Ray application build the real engine
+        from asr_server.engines.ray_engine import RayEngine
+
+        return RayEngine(settings)
     if settings.gateway_mode:  # the worker process builds the real engine from the same settings
         from asr_server.engines.remote import RemoteEngine
 
@@ -69,6 +74,10 @@ def _require_encoder(path: Path, flag: str) -> None:
 
 def check_acceleration(settings: Settings) -> None:
     """Raise EngineUnavailable when an acceleration flag cannot work with what is installed or configured."""
+    if settings.use_ray:  # the engine's own flags are checked by the model replicas, where it runs
+        _require("ray", "--ray (USE_RAY=1)", "ray")
+        return
+    check_quantization(settings)  # QUANTIZE that this hardware cannot run fails here, saying what it can
     if settings.use_vllm or settings.asr_engine == EngineName.vllm:
         ignored = [
             flag

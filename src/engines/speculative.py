@@ -178,10 +178,14 @@ def _positions(start: int, count: int, device: torch.device) -> tuple[torch.Tens
     return cache_position, cache_position.view(1, 1, -1).expand(3, 1, -1)
 
 
+def _device(thinker: Any) -> torch.device:
+    return thinker.get_input_embeddings().weight.device  # not the LM head's: a quantized one has no .weight
+
+
 def _prefill(model: Any, ids: torch.Tensor, features: torch.Tensor, feature_mask: torch.Tensor) -> tuple[Any, Any]:
     """Encode the audio, run the prompt once; the LM head runs on the last position only."""
     thinker = model.thinker
-    device = thinker.lm_head.weight.device
+    device = _device(thinker)
     ids = ids.to(device)
     embeds = thinker.get_input_embeddings()(ids)
     audio = thinker.get_audio_features(
@@ -197,7 +201,7 @@ def _prefill(model: Any, ids: torch.Tensor, features: torch.Tensor, feature_mask
 def _extend(model: Any, cache: Any, tokens: list[int], start: int) -> torch.Tensor:
     """Feed `tokens` at positions `start...` through the cache; logits for each of them."""
     thinker = model.thinker
-    device = thinker.lm_head.weight.device
+    device = _device(thinker)
     cache_position, position_ids = _positions(start, len(tokens), device)
     out = thinker.model(
         input_ids=torch.tensor([tokens], device=device),

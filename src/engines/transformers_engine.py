@@ -21,6 +21,8 @@ from loguru import logger
 
 from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.hardware import cap_gpu_memory, install_memory_plan, physical_cores, plan_gpu_memory
+from asr_server.engines.quantization import load_dtype, quantize_model
 from asr_server.engines.weights import resolve_weights
 from asr_server.errors import EngineUnavailable
 from asr_server.fpenv import reset_floating_point_env
@@ -50,6 +52,8 @@ class TransformersEngine(Engine):
         self._attn = "sdpa"
         self._encoder: Any = None  # OnnxAudioEncoder when the encoder was replaced
         self._speculative: Any = None  # SpeculativeGenerator when USE_SPECULATIVE=1
+        self._quantized: Any = None  # QuantizationResult when QUANTIZE is int8/fp8
+        self._memory_plan: Any = None  # MemoryPlan when GPU_MEMORY_LIMIT_GB caps a CUDA device
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -67,8 +71,11 @@ class TransformersEngine(Engine):
         dtype_name = self._settings.dtype
         if dtype_name == "auto":
             dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
-        if device == "cpu" and self._settings.cpu_threads:
-            torch.set_num_threads(self._settings.cpu_threads)
+        if device == "cpu":
+            # One thread per physical core: torch's default counts hyper-threads and ignores container quotas.
+            torch.set_num_threads(self._settings.cpu_threads or physical_cores())
+        elif self._settings.gpu_memory_limit_gb:
+            cap_gpu_memory(torch, device, self._settings.gpu_memory_limit_gb)
         return torch, device, getattr(torch, dtype_name)
 
     def load(self) -> None:
@@ -84,7 +91,7 @@ class TransformersEngine(Engine):
         try:
             self._model = Qwen3ASRModel.from_pretrained(
                 resolve_weights(self._model_id),
-                dtype=dtype,
+                dtype=load_dtype(self._settings, device, dtype),
                 device_map=device,
                 attn_implementation=self._attn,
                 max_inference_batch_size=self._settings.max_batch_size,
@@ -94,7 +101,13 @@ class TransformersEngine(Engine):
             # OSError covers "not a local folder and not reachable on the hub".
             raise EngineUnavailable(f"cannot load model {self._model_id!r}: {exc}", code="model_load_failed") from exc
         self._device, self._dtype_name = device, str(dtype).removeprefix("torch.")
+        model = self._model.model
+        # In place and before _accelerate, which hooks the LM head that quantization replaces.
+        self._quantized = quantize_model(model, self._settings.quantize, device)
         self._accelerate(device, dtype)
+        if self._settings.gpu_memory_limit_gb and device.startswith("cuda"):
+            self._memory_plan = plan_gpu_memory(torch, device, self._settings, model)
+            install_memory_plan(self._model, self._memory_plan)
         logger.info("loaded {} in {:.1f} s: {}", self._model_id, time.perf_counter() - started, self.describe()["path"])
         del torch
 
@@ -163,6 +176,7 @@ class TransformersEngine(Engine):
         self._aligner = None
         self._encoder = None
         self._speculative = None
+        self._quantized = self._memory_plan = None
         gc.collect()
         import torch
 
@@ -222,6 +236,8 @@ class TransformersEngine(Engine):
             path.append("tensorrt-encoder" if s.trt_encoder_path else "onnx-encoder")
         if s.use_speculative:
             path.append("speculative")
+        if self._quantized is not None:
+            path.append(self._quantized.mode)
         return {
             "engine": self.name,
             "path": "+".join(path),
@@ -233,6 +249,12 @@ class TransformersEngine(Engine):
             "audio_encoder": f"onnxruntime/{self._encoder.provider}" if self._encoder is not None else "pytorch",
             "speculative": {"draft": s.fast_model_id, "k": s.speculative_k} if s.use_speculative else None,
             "aligner_loaded": self._aligner is not None,
+            "quantize": {"mode": s.quantize, "method": self._quantized.method} if self._quantized else s.quantize,
+            "memory_plan": (
+                {"piece_seconds": self._memory_plan.piece_seconds, "budget_gib": self._memory_plan.budget_bytes / 2**30}
+                if self._memory_plan
+                else None
+            ),
         }
 
     def acceleration_stats(self) -> dict[str, float]:
@@ -254,7 +276,7 @@ class TransformersEngine(Engine):
 
 def _bound_encoder_convolutions(model: Any) -> None:
     """The PyTorch audio encoder convolves up to `conv_chunksize` (500) one-second mel chunks at once; with
-    480 channels the first convolution and its GELU hold ~12 MB per chunk each (2.5 GB at 200 s). Chunks
+    480 channels the first convolution and its GELU hold ~6 MB per chunk each (2.5 GB at 200 s). Chunks
     are independent, so smaller groups give the same numbers with a bounded peak."""
     tower = model.thinker.audio_tower
     if hasattr(tower, "conv_chunksize"):  # not on an ONNX encoder

@@ -1,0 +1,319 @@
+"""QUANTIZE on this CPU: speed, memory and token drift, on a random-weight checkpoint of real dimensions.
+
+Three parts, each its own command (each well under 10 minutes on an idle 2-core machine):
+
+- `--part memory`: one fresh process per mode (fp32, bf16, int8) loads the model through the service's
+  engine and reports the resident set after load (freed heap returned to the OS first, in every mode), the
+  peak over the process (the load: the bf16 checkpoint is converted), and the peak while running one batch.
+- `--part speed`: int8 and fp32 (and bf16 with `--modes`) loaded in ONE process and timed in alternation
+  (the machine is shared and noisy: paired runs, medians), at batch 1 and at `--batch`; then the CPU mode of
+  the service (defaults on a machine without GPU + QUANTIZE=int8) over HTTP with `--concurrency` requests,
+  on the same int8 model instance. Generation is forced to exactly `--tokens` new tokens.
+- `--part drift`: greedy tokens of int8 vs fp32 on the same inputs: whole-sequence matches, positions equal,
+  and teacher-forced top-1 agreement (int8 predicting each next token of the fp32 output: drift per step,
+  without one early difference changing everything after it).
+
+    .venv/bin/python bench/quantization.py --part memory [--dims 0.6b]
+    .venv/bin/python bench/quantization.py --part speed [--modes fp32,int8] [--batch 8] [--concurrency 16]
+    .venv/bin/python bench/quantization.py --part drift [--clips 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+from asr_server.config import Settings
+from asr_server.engines.quantization import _release_freed_memory
+from asr_server.engines.transformers_engine import TransformersEngine
+from asr_server.server import create_app
+from asr_server.testing import running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int8": ("float32", "int8")}
+
+
+def _checkpoint(dims: str) -> Path:
+    target = ROOT / ".cache" / "bench" / f"qwen3-asr-{dims}-random"
+    if not (target / "config.json").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        script = ROOT / "scripts" / "make_tiny_checkpoint.py"
+        subprocess.run([sys.executable, str(script), str(target), "--dims", dims], check=True)
+    return target
+
+
+def _settings(args: argparse.Namespace, mode: str, **overrides: Any) -> Settings:
+    dtype, quantize = MODES[mode]
+    base: dict[str, Any] = {
+        "model_id": str(_checkpoint(args.dims)),
+        "forced_aligner_id": "",
+        "device": "cpu",
+        "dtype": dtype,
+        "quantize": quantize,
+        "max_new_tokens": args.tokens,
+        "max_batch_size": args.batch,
+        "warmup": False,
+        "log_level": "WARNING",
+        "request_timeout": 3600,
+    }
+    return Settings(**{**base, **overrides})
+
+
+def _clips(n: int, seconds: float, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32) for _ in range(n)]
+
+
+def _loaded(engine: TransformersEngine, tokens: int) -> TransformersEngine:
+    """Load if needed (the server unloads at shutdown), force fixed-length generation, warm up."""
+    if not engine.loaded:
+        engine.load()
+        engine._model.model.thinker.generation_config.min_new_tokens = tokens
+        engine._model.transcribe(audio=[(_clips(1, 2.0)[0], 16_000)])
+    return engine
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@contextlib.contextmanager
+def _peak_rss() -> Iterator[list[float]]:
+    """Samples the resident set every millisecond while the block runs; yields [peak MB]."""
+    peak = [_rss_mb()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        sampler.join()
+
+
+# ------------------------------------------------------------------------------------------ memory
+def memory_case(args: argparse.Namespace, mode: str) -> dict[str, float]:
+    """In this (fresh) process: RSS after load, peak of the load, peak of one batch of `--batch` clips."""
+    before = _rss_mb()
+    engine = TransformersEngine(_settings(args, mode))
+    engine.load()
+    load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _release_freed_memory()  # every mode alike: count what stays, not what glibc has not handed back yet
+    after_load = _rss_mb()
+    engine._model.model.thinker.generation_config.min_new_tokens = args.tokens
+    with _peak_rss() as peak:
+        engine._model.transcribe(audio=[(c, 16_000) for c in _clips(args.batch, args.clip_seconds)])
+    _release_freed_memory()
+    # After a batch every weight page has been touched: a bf16 checkpoint loaded as bf16 stays memory-mapped
+    # from the file, and counts as resident only once it is read.
+    return {"before_load": before, "after_load": after_load, "load_peak": load_peak, "batch_peak": peak[0],
+            "after_batch": _rss_mb()}  # fmt: skip
+
+
+def part_memory(args: argparse.Namespace) -> None:
+    print(f"dims {args.dims}, batch of {args.batch} x {args.clip_seconds:g} s clips, {args.tokens} tokens; "
+          "one fresh process per mode")  # fmt: skip
+    print("| mode | RSS after load | vs fp32 | RSS after a batch | vs fp32 | peak during load | peak during a batch |")
+    print("|---|---|---|---|---|---|---|")
+    base = None
+    for mode in args.modes.split(","):
+        command = [sys.executable, __file__, "--memory-case", mode, "--dims", args.dims, "--batch", str(args.batch),
+                   "--tokens", str(args.tokens), "--clip-seconds", str(args.clip_seconds)]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        case = json.loads(out.strip().splitlines()[-1])
+        base = base or case
+        print(f"| {mode} | {case['after_load']:.0f} MB | {case['after_load'] / base['after_load']:.0%} | "
+              f"{case['after_batch']:.0f} MB | {case['after_batch'] / base['after_batch']:.0%} | "
+              f"{case['load_peak']:.0f} MB | {case['batch_peak']:.0f} MB |")  # fmt: skip
+    print(f"RSS before load (imports): {case['before_load']:.0f} MB")
+
+
+# ------------------------------------------------------------------------------------------- speed
+def _direct(engine: TransformersEngine, clips: list[np.ndarray], batch: int) -> tuple[float, float]:
+    """(RTF by wall time, CPU seconds per audio second) of qwen-asr's transcribe() in batches of `batch`."""
+    model = engine._model
+    model.max_inference_batch_size = batch
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(0, len(clips), batch):
+        model.transcribe(audio=[(c, 16_000) for c in clips[i : i + batch]])
+    audio = sum(len(c) for c in clips) / 16_000
+    return (time.perf_counter() - wall) / audio, (time.process_time() - cpu) / audio
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, 16_000, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+async def _through_service(url: str, payloads: list[bytes], concurrency: int) -> float:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=3600) as http:
+
+        async def one(data: bytes) -> None:
+            async with semaphore:
+                (await http.post("/transcribe", files={"file": ("a.wav", data)})).raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(p) for p in payloads))
+        return time.perf_counter() - started
+
+
+def part_speed(args: argparse.Namespace) -> None:
+    import torch
+
+    modes = args.modes.split(",")
+    # int8 first: its load peaks at the float32 size, better before a float32 model is resident.
+    order = sorted(modes, key="int8".__ne__)
+    engines = {m: _loaded(TransformersEngine(_settings(args, m)), args.tokens) for m in order}
+    singles, batch = _clips(2, args.clip_seconds, seed=1), _clips(args.batch, args.clip_seconds, seed=2)
+    rows: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for _ in range(args.repeats):  # alternate the modes: noise from other work hits them alike
+        for size, clips in ((1, singles), (args.batch, batch)):
+            for mode in modes:
+                rows.setdefault((mode, size), []).append(_direct(engines[mode], clips, size))
+                print(f"{mode} batch {size}: RTF {rows[mode, size][-1][0]:.3f}", file=sys.stderr, flush=True)
+    print(f"dims {args.dims}, {args.clip_seconds:g} s clips, {args.tokens} tokens each, {torch.get_num_threads()} "
+          f"threads; median of {args.repeats} alternated runs")  # fmt: skip
+    print("| mode | batch | RTF (wall) | all runs | CPU s per audio s |")
+    print("|---|---|---|---|---|")
+    median: dict[tuple[str, int], float] = {}
+    for (mode, size), runs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        median[mode, size] = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        walls = ", ".join(f"{r[0]:.2f}" for r in runs)
+        print(f"| {mode} | {size} | {median[mode, size]:.2f} | {walls} | {cpu:.2f} |")
+    if "fp32" in modes and "int8" in modes:
+        for size in (1, args.batch):
+            pairs = [f[0] / q[0] for f, q in zip(rows["fp32", size], rows["int8", size], strict=True)]
+            print(f"int8 speed-up over fp32 at batch {size}: {median['fp32', size] / median['int8', size]:.2f}x "
+                  f"(per pair: {', '.join(f'{p:.2f}' for p in pairs)})")  # fmt: skip
+    if "int8" in modes and not args.no_service:
+        _service_rows(args, engines["int8"], median["int8", args.batch])
+
+
+def _service_rows(args: argparse.Namespace, engine: TransformersEngine, direct: float) -> None:
+    """The CPU mode over HTTP: the defaults a machine without GPU gets (DEVICE/DTYPE auto, CPU_THREADS 0),
+    QUANTIZE=int8 and MAX_BATCH_SIZE=--batch, on the same loaded int8 model as the direct figures."""
+    settings = Settings(
+        model_id=str(_checkpoint(args.dims)), forced_aligner_id="", quantize="int8", max_batch_size=args.batch,
+        max_new_tokens=args.tokens, warmup=False, log_level="WARNING", request_timeout=3600,
+    )  # fmt: skip
+    clips = _clips(args.concurrency, args.clip_seconds, seed=3)
+    rtfs = []
+    for _ in range(2):
+        _loaded(engine, args.tokens)
+        engine._model.max_inference_batch_size = args.batch
+        with running_server(create_app(settings, engine=engine)) as url:
+            elapsed = asyncio.run(_through_service(url, [_wav(c) for c in clips], args.concurrency))
+        rtfs.append(elapsed / (len(clips) * args.clip_seconds))
+        direct_again = _direct(_loaded(engine, args.tokens), _clips(args.batch, args.clip_seconds, seed=2), args.batch)
+        rtfs.append(direct_again[0])
+    service, direct_after = statistics.median(rtfs[0::2]), statistics.median(rtfs[1::2])
+    print(f"\nCPU mode over HTTP: {args.concurrency} concurrent {args.clip_seconds:g} s requests, MAX_BATCH_SIZE "
+          f"{args.batch}: RTF {service:.3f} (runs {rtfs[0]:.3f}, {rtfs[2]:.3f}); direct int8 batch {args.batch} "
+          f"{direct:.3f} before, {direct_after:.3f} alternated with the service runs; service / direct: "
+          f"{service / min(direct, direct_after):.0%} of the time (target <= 110%)")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- drift
+@contextlib.contextmanager
+def _all_positions(thinker: Any) -> Iterator[None]:
+    """Lift BOUND_PREFILL_MEMORY's last-position hook on the LM head for a teacher-forced forward."""
+    hooks = dict(thinker.lm_head._forward_pre_hooks)
+    thinker.lm_head._forward_pre_hooks.clear()
+    try:
+        yield
+    finally:
+        thinker.lm_head._forward_pre_hooks.update(hooks)
+
+
+def part_drift(args: argparse.Namespace) -> None:
+    import torch
+
+    fp32 = _loaded(TransformersEngine(_settings(args, "fp32")), args.tokens)
+    int8 = _loaded(TransformersEngine(_settings(args, "int8")), args.tokens)
+    asr = fp32._model
+    prompt = asr._build_text_prompt(context="", force_language=None)
+    total = equal = whole = forced_equal = self_equal = 0
+    errors: list[float] = []
+    distinct: set[int] = set()
+    for i, clip in enumerate(_clips(args.clips, args.clip_seconds, seed=10)):
+        inputs = asr.processor(text=[prompt], audio=[clip], return_tensors="pt", padding=True)
+        start = inputs["input_ids"].shape[1]
+        with torch.no_grad():
+            ref = fp32._model.model.generate(**inputs, max_new_tokens=args.tokens).sequences
+            out = int8._model.model.generate(**inputs, max_new_tokens=args.tokens).sequences
+            a, b = ref[0, start:], out[0, start:]
+            total, equal, whole = total + len(a), equal + int((a == b).sum()), whole + int(torch.equal(a, b))
+            distinct.update(a.tolist())
+            forced = {**inputs, "input_ids": ref, "attention_mask": torch.ones_like(ref)}
+            logits = {}
+            for name, engine in (("int8", int8), ("fp32", fp32)):
+                thinker = engine._model.model.thinker
+                with _all_positions(thinker):
+                    logits[name] = thinker(**forced).logits[0, start - 1 : -1]
+            forced_equal += int((logits["int8"].argmax(-1) == a).sum())
+            self_equal += int((logits["fp32"].argmax(-1) == a).sum())
+            diff = (logits["int8"] - logits["fp32"]).norm(dim=-1) / logits["fp32"].norm(dim=-1)
+            errors.extend(diff.tolist())
+        print(f"clip {i}: {int((a == b).sum())}/{len(a)} positions equal", file=sys.stderr)
+    print(f"dims {args.dims}, {args.clips} clips of {args.clip_seconds:g} s, {args.tokens} greedy tokens each "
+          f"(random weights: a stand-in for drift; {len(distinct)} distinct tokens in the fp32 outputs)")  # fmt: skip
+    print("| measure | int8 vs fp32 |\n|---|---|")
+    print(f"| whole sequences identical | {whole}/{args.clips} |")
+    print(f"| positions equal (free-running greedy) | {equal}/{total} = {equal / total:.1%} |")
+    print(f"| teacher-forced top-1 agreement | {forced_equal}/{total} = {forced_equal / total:.1%} |")
+    print(f"| fp32 teacher-forced vs its own greedy (method check) | {self_equal}/{total} = {self_equal / total:.1%} |")
+    print(f"| relative logit error per step, median / max | {statistics.median(errors):.2%} / {max(errors):.2%} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["memory", "speed", "drift"], default="speed")
+    parser.add_argument("--dims", default="0.6b", choices=["tiny", "0.6b", "1.7b"])
+    parser.add_argument("--modes", default=None, help="comma-separated: fp32, bf16, int8")
+    parser.add_argument("--clip-seconds", type=float, default=10.0)
+    parser.add_argument("--tokens", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--no-service", action="store_true")
+    parser.add_argument("--memory-case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_case:
+        print(json.dumps(memory_case(args, args.memory_case)))
+        return
+    args.modes = args.modes or ("fp32,bf16,int8" if args.part == "memory" else "fp32,int8")
+    {"memory": part_memory, "speed": part_speed, "drift": part_drift}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
