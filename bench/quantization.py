@@ -1,21 +1,23 @@
 """QUANTIZE on this CPU: speed, memory and token drift, on a random-weight checkpoint of real dimensions.
 
-Three parts, each its own command (each well under 10 minutes on an idle 2-core machine):
+Four parts, each its own command (each well under 10 minutes on an idle 2-core machine):
 
 - `--part memory`: one fresh process per mode (fp32, bf16, int8) loads the model through the service's
-  engine and reports the resident set after load (freed heap returned to the OS first, in every mode), the
-  peak over the process (the load: the bf16 checkpoint is converted), and the peak while running one batch.
-- `--part speed`: int8 and fp32 (and bf16 with `--modes`) loaded in ONE process and timed in alternation
-  (the machine is shared and noisy: paired runs, medians), at batch 1 and at `--batch`; then the CPU mode of
-  the service (defaults on a machine without GPU + QUANTIZE=int8) over HTTP with `--concurrency` requests,
-  on the same int8 model instance. Generation is forced to exactly `--tokens` new tokens.
+  engine and reports the resident set after load and after one batch (freed heap returned to the OS first,
+  in every mode), the peak of the load and the peak during the batch.
+- `--part speed`: int8 and fp32 (bf16 with `--modes`) loaded in ONE process and timed in alternation (the
+  machine is shared and noisy: paired runs, medians), at batch 1 and at `--batch`. Generation is forced to
+  exactly `--tokens` new tokens (random weights stop at arbitrary points).
+- `--part service`: the CPU mode of the service (the defaults of a machine without GPU + QUANTIZE=int8)
+  over HTTP with `--concurrency` requests, alternated with direct int8 calls at `--batch` on the same model.
 - `--part drift`: greedy tokens of int8 vs fp32 on the same inputs: whole-sequence matches, positions equal,
-  and teacher-forced top-1 agreement (int8 predicting each next token of the fp32 output: drift per step,
-  without one early difference changing everything after it).
+  teacher-forced top-1 agreement (int8 predicting each next token of the fp32 output: drift per step,
+  without one early difference changing everything after it) and the relative error of the logits.
 
-    .venv/bin/python bench/quantization.py --part memory [--dims 0.6b]
-    .venv/bin/python bench/quantization.py --part speed [--modes fp32,int8] [--batch 8] [--concurrency 16]
-    .venv/bin/python bench/quantization.py --part drift [--clips 8]
+    .venv/bin/python bench/quantization.py --part memory [--dims 0.6b] [--batch 8]
+    .venv/bin/python bench/quantization.py --part speed [--modes fp32,int8] [--batch 8] [--repeats 3]
+    .venv/bin/python bench/quantization.py --part service [--batch 8] [--concurrency 16] [--repeats 2]
+    .venv/bin/python bench/quantization.py --part drift [--clips 8] [--untied-head]
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def part_speed(args: argparse.Namespace) -> None:
     # int8 first: its load peaks at the float32 size, better before a float32 model is resident.
     order = sorted(modes, key="int8".__ne__)
     engines = {m: _loaded(TransformersEngine(_settings(args, m)), args.tokens) for m in order}
-    singles, batch = _clips(2, args.clip_seconds, seed=1), _clips(args.batch, args.clip_seconds, seed=2)
+    singles, batch = _clips(1, args.clip_seconds, seed=1), _clips(args.batch, args.clip_seconds, seed=2)
     rows: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for _ in range(args.repeats):  # alternate the modes: noise from other work hits them alike
         for size, clips in ((1, singles), (args.batch, batch)):
@@ -214,32 +216,36 @@ def part_speed(args: argparse.Namespace) -> None:
             pairs = [f[0] / q[0] for f, q in zip(rows["fp32", size], rows["int8", size], strict=True)]
             print(f"int8 speed-up over fp32 at batch {size}: {median['fp32', size] / median['int8', size]:.2f}x "
                   f"(per pair: {', '.join(f'{p:.2f}' for p in pairs)})")  # fmt: skip
-    if "int8" in modes and not args.no_service:
-        _service_rows(args, engines["int8"], median["int8", args.batch])
 
 
-def _service_rows(args: argparse.Namespace, engine: TransformersEngine, direct: float) -> None:
+def part_service(args: argparse.Namespace) -> None:
     """The CPU mode over HTTP: the defaults a machine without GPU gets (DEVICE/DTYPE auto, CPU_THREADS 0),
-    QUANTIZE=int8 and MAX_BATCH_SIZE=--batch, on the same loaded int8 model as the direct figures."""
+    QUANTIZE=int8 and MAX_BATCH_SIZE=--batch, alternated with direct int8 calls on the same loaded model."""
+    engine = _loaded(TransformersEngine(_settings(args, "int8")), args.tokens)
     settings = Settings(
         model_id=str(_checkpoint(args.dims)), forced_aligner_id="", quantize="int8", max_batch_size=args.batch,
         max_new_tokens=args.tokens, warmup=False, log_level="WARNING", request_timeout=3600,
     )  # fmt: skip
     clips = _clips(args.concurrency, args.clip_seconds, seed=3)
-    rtfs = []
-    for _ in range(2):
-        _loaded(engine, args.tokens)
+    direct: list[float] = []
+    service: list[float] = []
+    for _ in range(args.repeats):  # alternated: noise from other work hits both alike
+        direct.append(_direct(_loaded(engine, args.tokens), clips, args.batch)[0])
+        print(f"direct int8 batch {args.batch}: RTF {direct[-1]:.3f}", file=sys.stderr, flush=True)
         engine._model.max_inference_batch_size = args.batch
         with running_server(create_app(settings, engine=engine)) as url:
             elapsed = asyncio.run(_through_service(url, [_wav(c) for c in clips], args.concurrency))
-        rtfs.append(elapsed / (len(clips) * args.clip_seconds))
-        direct_again = _direct(_loaded(engine, args.tokens), _clips(args.batch, args.clip_seconds, seed=2), args.batch)
-        rtfs.append(direct_again[0])
-    service, direct_after = statistics.median(rtfs[0::2]), statistics.median(rtfs[1::2])
-    print(f"\nCPU mode over HTTP: {args.concurrency} concurrent {args.clip_seconds:g} s requests, MAX_BATCH_SIZE "
-          f"{args.batch}: RTF {service:.3f} (runs {rtfs[0]:.3f}, {rtfs[2]:.3f}); direct int8 batch {args.batch} "
-          f"{direct:.3f} before, {direct_after:.3f} alternated with the service runs; service / direct: "
-          f"{service / min(direct, direct_after):.0%} of the time (target <= 110%)")  # fmt: skip
+        service.append(elapsed / (len(clips) * args.clip_seconds))
+        print(f"service: RTF {service[-1]:.3f}", file=sys.stderr, flush=True)
+    ratios = [s / d for s, d in zip(service, direct, strict=True)]
+    print(f"dims {args.dims}, {args.concurrency} x {args.clip_seconds:g} s clips, {args.tokens} tokens each, int8")
+    print("| run | RTF (median) | all runs |\n|---|---|---|")
+    print(f"| direct transcribe(), batch {args.batch} | {statistics.median(direct):.3f} | "
+          f"{', '.join(f'{r:.3f}' for r in direct)} |")  # fmt: skip
+    print(f"| service, {args.concurrency} concurrent requests, MAX_BATCH_SIZE {args.batch} | "
+          f"{statistics.median(service):.3f} | {', '.join(f'{r:.3f}' for r in service)} |")  # fmt: skip
+    print(f"service / direct per pair: {', '.join(f'{r:.0%}' for r in ratios)}; median "
+          f"{statistics.median(ratios):.0%} (target <= 110%)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- drift
@@ -254,11 +260,35 @@ def _all_positions(thinker: Any) -> Iterator[None]:
         thinker.lm_head._forward_pre_hooks.update(hooks)
 
 
+def _untied(engine: TransformersEngine, *, quantize: bool) -> TransformersEngine:
+    """Give the LM head its own random weights (same seed in both engines), then quantize like the engine does.
+    With the checkpoint's tied head, the logits are mostly the current token's similarity to itself and greedy
+    output repeats one token: agreement is then trivially 100%. An untied random head gives varied tokens with
+    the close top-1 margins of random logits: a pessimistic stand-in (trained models decide more clearly)."""
+    import torch
+
+    from asr_server.engines.quantization import quantize_model
+    from asr_server.engines.transformers_engine import _last_position_only
+
+    model = engine._model.model
+    head = model.thinker.lm_head
+    generator = torch.Generator().manual_seed(1234)
+    head.weight = torch.nn.Parameter(torch.randn(head.weight.shape, generator=generator) * 0.02)
+    if quantize:
+        quantize_model(model, "int8", "cpu")
+        model.thinker.lm_head.register_forward_pre_hook(_last_position_only)  # the new head needs the bound too
+    return engine
+
+
 def part_drift(args: argparse.Namespace) -> None:
     import torch
 
     fp32 = _loaded(TransformersEngine(_settings(args, "fp32")), args.tokens)
-    int8 = _loaded(TransformersEngine(_settings(args, "int8")), args.tokens)
+    if args.untied_head:
+        int8 = _untied(_loaded(TransformersEngine(_settings(args, "fp32")), args.tokens), quantize=True)
+        _untied(fp32, quantize=False)
+    else:
+        int8 = _loaded(TransformersEngine(_settings(args, "int8")), args.tokens)
     asr = fp32._model
     prompt = asr._build_text_prompt(context="", force_language=None)
     total = equal = whole = forced_equal = self_equal = 0
@@ -296,7 +326,7 @@ def part_drift(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["memory", "speed", "drift"], default="speed")
+    parser.add_argument("--part", choices=["memory", "speed", "service", "drift"], default="speed")
     parser.add_argument("--dims", default="0.6b", choices=["tiny", "0.6b", "1.7b"])
     parser.add_argument("--modes", default=None, help="comma-separated: fp32, bf16, int8")
     parser.add_argument("--clip-seconds", type=float, default=10.0)
@@ -305,14 +335,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clips", type=int, default=8)
-    parser.add_argument("--no-service", action="store_true")
+    parser.add_argument("--untied-head", action="store_true", help="drift: varied tokens (see _untied)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_case:
         print(json.dumps(memory_case(args, args.memory_case)))
         return
     args.modes = args.modes or ("fp32,bf16,int8" if args.part == "memory" else "fp32,int8")
-    {"memory": part_memory, "speed": part_speed, "drift": part_drift}[args.part](args)
+    {"memory": part_memory, "speed": part_speed, "service": part_service, "drift": part_drift}[args.part](args)
 
 
 if __name__ == "__main__":
