@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
+from checkpoints import bench_checkpoint
 
 from asr_server.testing import free_port
 
@@ -40,11 +41,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def _tiny_checkpoint() -> Path:
-    target = ROOT / ".cache" / "bench" / "qwen3-asr-hello"
-    if not (target / "config.json").exists():
-        script = ROOT / "scripts" / "make_tiny_checkpoint.py"
-        subprocess.run([sys.executable, str(script), str(target), "--hello"], check=True)
-    return target
+    return bench_checkpoint("qwen3-asr-hello", "--hello")
 
 
 def _wav(seconds: float, seed: int) -> bytes:

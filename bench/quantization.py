@@ -40,6 +40,7 @@ from typing import Any
 import httpx
 import numpy as np
 import soundfile as sf
+from checkpoints import bench_checkpoint
 
 from asr_server.config import Settings
 from asr_server.engines.quantization import _release_freed_memory
@@ -52,12 +53,7 @@ MODES = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int8": ("fl
 
 
 def _checkpoint(dims: str) -> Path:
-    target = ROOT / ".cache" / "bench" / f"qwen3-asr-{dims}-random"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        script = ROOT / "scripts" / "make_tiny_checkpoint.py"
-        subprocess.run([sys.executable, str(script), str(target), "--dims", dims], check=True)
-    return target
+    return bench_checkpoint(f"qwen3-asr-{dims}-random", "--dims", dims)
 
 
 def _settings(args: argparse.Namespace, mode: str, **overrides: Any) -> Settings:
@@ -134,8 +130,10 @@ def memory_case(args: argparse.Namespace, mode: str) -> dict[str, float]:
     _release_freed_memory()
     # After a batch every weight page has been touched: a bf16 checkpoint loaded as bf16 stays memory-mapped
     # from the file, and counts as resident only once it is read.
+    quantized = engine.describe()["quantize"]
+    weights = quantized["weight_bytes"] if isinstance(quantized, dict) else None
     return {"before_load": before, "after_load": after_load, "load_peak": load_peak, "batch_peak": peak[0],
-            "after_batch": _rss_mb()}  # fmt: skip
+            "after_batch": _rss_mb(), "weights": weights}  # fmt: skip
 
 
 def part_memory(args: argparse.Namespace) -> None:
@@ -144,6 +142,7 @@ def part_memory(args: argparse.Namespace) -> None:
     print("| mode | RSS after load | vs fp32 | RSS after a batch | vs fp32 | peak during load | peak during a batch |")
     print("|---|---|---|---|---|---|---|")
     base = None
+    notes: list[str] = []
     for mode in args.modes.split(","):
         command = [sys.executable, __file__, "--memory-case", mode, "--dims", args.dims, "--batch", str(args.batch),
                    "--tokens", str(args.tokens), "--clip-seconds", str(args.clip_seconds)]  # fmt: skip
@@ -153,7 +152,12 @@ def part_memory(args: argparse.Namespace) -> None:
         print(f"| {mode} | {case['after_load']:.0f} MB | {case['after_load'] / base['after_load']:.0%} | "
               f"{case['after_batch']:.0f} MB | {case['after_batch'] / base['after_batch']:.0%} | "
               f"{case['load_peak']:.0f} MB | {case['batch_peak']:.0f} MB |")  # fmt: skip
+        if case["weights"]:
+            before, after = (case["weights"][k] / 2**20 for k in ("unquantized", "quantized"))
+            notes.append(f"{mode}: the model's weights take {after:.0f} MB, against {before:.0f} MB in float32 "
+                         f"({after / before:.0%})")  # fmt: skip
     print(f"RSS before load (imports): {case['before_load']:.0f} MB")
+    print("\n".join(notes))
 
 
 # ------------------------------------------------------------------------------------------- speed
@@ -225,25 +229,41 @@ def part_service(args: argparse.Namespace) -> None:
     settings = Settings(
         model_id=str(_checkpoint(args.dims)), forced_aligner_id="", quantize="int8", max_batch_size=args.batch,
         max_new_tokens=args.tokens, warmup=False, log_level="WARNING", request_timeout=3600,
+        **({"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}),
     )  # fmt: skip
     clips = _clips(args.concurrency, args.clip_seconds, seed=3)
     direct: list[float] = []
     service: list[float] = []
-    for _ in range(args.repeats):  # alternated: noise from other work hits both alike
+    batches: list[int] = []
+
+    def run_direct() -> None:
         direct.append(_direct(_loaded(engine, args.tokens), clips, args.batch)[0])
         print(f"direct int8 batch {args.batch}: RTF {direct[-1]:.3f}", file=sys.stderr, flush=True)
-        engine._model.max_inference_batch_size = args.batch
-        with running_server(create_app(settings, engine=engine)) as url:
+
+    def run_service() -> None:
+        _loaded(engine, args.tokens)._model.max_inference_batch_size = args.batch
+        app = create_app(settings, engine=engine)
+        with running_server(app) as url:
             elapsed = asyncio.run(_through_service(url, [_wav(c) for c in clips], args.concurrency))
+            metrics = httpx.get(f"{url}/metrics").text
         service.append(elapsed / (len(clips) * args.clip_seconds))
-        print(f"service: RTF {service[-1]:.3f}", file=sys.stderr, flush=True)
+        batches.append(app.state.services.worker.batches_run)
+        engine_s = sum(float(m.split()[-1]) for m in metrics.splitlines() if m.startswith("asr_inference_seconds_sum"))
+        print(f"service: RTF {service[-1]:.3f} in {batches[-1]} batches, engine {engine_s:.1f} of {elapsed:.1f} s",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    for i in range(args.repeats):  # A-B, B-A, ...: drift and noise from other work hit both alike
+        for run in (run_direct, run_service) if i % 2 == 0 else (run_service, run_direct):
+            run()
     ratios = [s / d for s, d in zip(service, direct, strict=True)]
-    print(f"dims {args.dims}, {args.concurrency} x {args.clip_seconds:g} s clips, {args.tokens} tokens each, int8")
+    print(f"dims {args.dims}, {args.concurrency} x {args.clip_seconds:g} s clips, {args.tokens} tokens each, int8, "
+          f"BATCH_WAIT_MS {settings.batch_wait_ms:g}, BATCH_MAX_WAIT_MS {settings.batch_max_wait_ms:g}")  # fmt: skip
     print("| run | RTF (median) | all runs |\n|---|---|---|")
     print(f"| direct transcribe(), batch {args.batch} | {statistics.median(direct):.3f} | "
           f"{', '.join(f'{r:.3f}' for r in direct)} |")  # fmt: skip
     print(f"| service, {args.concurrency} concurrent requests, MAX_BATCH_SIZE {args.batch} | "
           f"{statistics.median(service):.3f} | {', '.join(f'{r:.3f}' for r in service)} |")  # fmt: skip
+    print(f"batches the service ran per round: {batches} (at least {-(-args.concurrency // args.batch)})")
     print(f"service / direct per pair: {', '.join(f'{r:.0%}' for r in ratios)}; median "
           f"{statistics.median(ratios):.0%} (target <= 110%)")  # fmt: skip
 
@@ -334,6 +354,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-wait-ms", type=float, default=None, help="service: BATCH_WAIT_MS")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--untied-head", action="store_true", help="drift: varied tokens (see _untied)")
     parser.add_argument("--memory-case", help=argparse.SUPPRESS)

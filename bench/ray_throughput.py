@@ -17,8 +17,6 @@ import argparse
 import asyncio
 import io
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 import soundfile as sf
+from checkpoints import bench_checkpoint
 
 from asr_server.config import Settings
 from asr_server.server import create_app
@@ -35,11 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint() -> Path:
-    target = ROOT / ".cache" / "bench" / "qwen3-asr-tiny-random"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_checkpoint.py"), str(target)], check=True)
-    return target
+    return bench_checkpoint("qwen3-asr-tiny-random")
 
 
 def _wavs(n: int, seconds: float) -> list[bytes]:

@@ -37,15 +37,14 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from checkpoints import bench_checkpoint
 from stream_file import StreamResult, percentile, stream_samples
 
 from asr_server.audio import resample
 from asr_server.config import Settings
 from asr_server.server import create_app
-
-from support import free_port
+from asr_server.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 16_000
@@ -272,10 +271,8 @@ def main() -> int:
     if shutil.which("espeak-ng") is None:
         sys.exit("espeak-ng is needed to synthesise the speech (apt-get install espeak-ng)")
     model = args.model
-    if model is None:  # the tests' cached "hello world" checkpoint (built on first use)
-        from conftest import _tiny_checkpoint
-
-        model = str(_tiny_checkpoint("hello-asr", "--hello"))
+    if model is None:  # the "hello world" checkpoint (built on first use)
+        model = str(bench_checkpoint("qwen3-asr-hello", "--hello"))
     audio, truth = build_stream(args.minutes, args.seed)
     duration = len(audio) / RATE
     print(f"stream: {duration:.0f} s, {len(truth)} utterances, {args.streams} concurrent streams", flush=True)

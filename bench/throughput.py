@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import soundfile as sf
+from checkpoints import bench_checkpoint
 
 from asr_server.config import Settings
 from asr_server.engines.transformers_engine import TransformersEngine
@@ -34,14 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _checkpoint(dims: str) -> Path:
-    target = ROOT / ".cache" / "bench" / f"qwen3-asr-{dims}-random"
-    if not (target / "config.json").exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "make_tiny_checkpoint.py"), str(target), "--dims", dims],
-            check=True,
-        )
-    return target
+    return bench_checkpoint(f"qwen3-asr-{dims}-random", "--dims", dims)
 
 
 def _clips(n: int, seconds: float) -> list[np.ndarray]:

@@ -7,8 +7,10 @@
 - Bounded: `submit` raises `QueueFull` (429 with Retry-After) beyond `max_size` live jobs.
 - A job whose future was cancelled (client gone) is dropped when popped and never run; one whose
   deadline has passed is failed with `JobTimeout` (504) instead of being run.
-- `next_batch` returns jobs with the same `batch_key`, at most `max_batch_size`, waiting at most
-  `batch_wait_s` after the first one for more to arrive.
+- `next_batch` returns jobs with the same `batch_key`, at most `max_batch_size`. While jobs keep arriving
+  within `batch_wait_s` of each other it keeps waiting, for at most `max_wait_s` after the first: a burst
+  of uploads (which reach the queue a few ms apart, each parsed and decoded in turn) fills one batch
+  instead of being split into a short batch and a remainder, while a lone job waits only `batch_wait_s`.
 """
 
 from __future__ import annotations
@@ -100,21 +102,28 @@ class PriorityInferQueue:
         return len(self._heap)
 
     # --- consumer side -----------------------------------------------------------------------
-    async def next_batch(self, max_batch_size: int, batch_wait_s: float) -> list[Job]:
-        """Wait for work, then return 1..max_batch_size live jobs sharing the first job's batch key."""
+    async def next_batch(self, max_batch_size: int, batch_wait_s: float, max_wait_s: float = 0.0) -> list[Job]:
+        """Wait for work, then return 1..max_batch_size live jobs sharing the first job's batch key: waiting
+        up to `batch_wait_s` after the latest compatible arrival for another, and at most
+        `max(batch_wait_s, max_wait_s)` after the first job."""
         while True:
             first = await self._pop_live()
             batch = [first]
             if max_batch_size > 1:
                 batch.extend(self._take_compatible(first.batch_key, max_batch_size - 1))
-                wait_until = time.monotonic() + batch_wait_s
+                started = time.monotonic()
+                deadline = started + max(batch_wait_s, max_wait_s)
+                wait_until = min(deadline, started + batch_wait_s)
                 while len(batch) < max_batch_size and (remaining := wait_until - time.monotonic()) > 0:
                     self._not_empty.clear()
                     try:
                         await asyncio.wait_for(self._not_empty.wait(), remaining)
                     except TimeoutError:
                         break
-                    batch.extend(self._take_compatible(first.batch_key, max_batch_size - len(batch)))
+                    arrived = self._take_compatible(first.batch_key, max_batch_size - len(batch))
+                    if arrived:
+                        batch.extend(arrived)
+                        wait_until = min(deadline, time.monotonic() + batch_wait_s)
             if self._heap:
                 self._not_empty.set()
             live = [job for job in batch if not job.done]

@@ -149,7 +149,8 @@ class ModelWorker:
     # --- the loop ----------------------------------------------------------------------------
     async def _run_loop(self) -> None:
         while True:
-            batch = await self._queue.next_batch(self._settings.max_batch_size, self._settings.batch_wait_ms / 1000)
+            s = self._settings
+            batch = await self._queue.next_batch(s.max_batch_size, s.batch_wait_ms / 1000, s.batch_max_wait_ms / 1000)
             try:
                 await self._process(batch)
             except asyncio.CancelledError:

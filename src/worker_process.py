@@ -39,7 +39,8 @@ async def _arrays(files: list[UploadFile]) -> list[np.ndarray]:
 
 
 def create_worker_app(engine: Engine) -> FastAPI:
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")  # engines are not thread-safe
+    # One thread: engines are not thread-safe; one that batches continuously (vLLM) declares `concurrency`.
+    executor = ThreadPoolExecutor(max_workers=max(1, int(engine.concurrency)), thread_name_prefix="engine")
     app = FastAPI(title="asr-server worker process", docs_url=None, redoc_url=None)
 
     async def run(fn: Any, *args: Any) -> Any:

@@ -99,3 +99,25 @@ def test_idle_timeout_stops_the_worker_and_the_next_request_restarts_it(hello_as
         response = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", clip)}, timeout=60)
         assert response.json()["text"] == "hello world"
         assert _worker_pid(url) not in (None, pid)
+
+
+def test_settings_given_in_code_reach_the_worker_process(hello_asr_dir: Path) -> None:
+    """QUANTIZE set on the Settings object (not in the environment) is what the worker process loads with."""
+    assert "QUANTIZE" not in os.environ
+    with running_server(create_app(_settings(hello_asr_dir, quantize="int8", preload=True))) as url:
+        ready = httpx.get(f"{url}/ready", timeout=30).json()
+        response = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", encode(noise(1.0)))}, timeout=60)
+    assert ready["quantize"]["mode"] == "int8", ready
+    assert response.status_code == 200
+    assert response.json()["text"] == "hello world"
+
+
+def test_the_gateway_keeps_as_many_batches_in_flight_as_the_worker_engine_takes() -> None:
+    from asr_server.engines.remote import remote_concurrency, worker_environment
+
+    vllm = Settings(gateway_mode=True, use_vllm=True, max_batch_size=8, vllm_max_num_seqs=64, api_keys=["k"])
+    assert remote_concurrency(vllm) == 8
+    assert remote_concurrency(Settings(gateway_mode=True, asr_engine="transformers")) == 1
+    env = worker_environment(vllm)
+    assert env["USE_VLLM"] == "1" and env["VLLM_MAX_NUM_SEQS"] == "64" and env["GATEWAY_MODE"] == "0"
+    assert "API_KEYS" not in env or env["API_KEYS"] == os.environ.get("API_KEYS")  # keys stay in the gateway

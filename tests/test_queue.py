@@ -91,6 +91,50 @@ async def test_batch_waits_for_late_jobs_within_the_window() -> None:
     assert [job.payload for job in batch] == ["early", "late"]
 
 
+async def _submit_every(queue: PriorityInferQueue, names: list[str], interval: float) -> None:
+    for name in names:
+        await asyncio.sleep(interval)
+        queue.submit(name, priority=1, timeout=10)
+
+
+async def test_batch_keeps_filling_while_jobs_keep_arriving() -> None:
+    """A burst spread over 5x the gap still lands in one batch: each arrival extends the wait."""
+    queue = PriorityInferQueue(max_size=20)
+    queue.submit("j0", priority=1, timeout=10)
+    names = [f"j{i}" for i in range(1, 6)]
+    submitter = asyncio.create_task(_submit_every(queue, names, 0.05))
+    batch = await queue.next_batch(8, batch_wait_s=0.2, max_wait_s=5.0)
+    await submitter
+    assert [job.payload for job in batch] == ["j0", *names]
+
+
+async def test_batch_wait_is_capped_after_the_first_job() -> None:
+    """Arrivals that never stop do not hold the batch past `max_wait_s`; the rest form the next batch."""
+    queue = PriorityInferQueue(max_size=100)
+    queue.submit("j0", priority=1, timeout=10)
+    names = [f"j{i}" for i in range(1, 40)]
+    submitter = asyncio.create_task(_submit_every(queue, names, 0.02))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    batch = await queue.next_batch(100, batch_wait_s=0.1, max_wait_s=0.3)
+    waited = loop.time() - started
+    await submitter  # 0.8 s of arrivals in all
+    assert 0.25 <= waited < 0.6
+    assert 2 <= len(batch) < 30
+    following = await queue.next_batch(100, 0)
+    assert [job.payload for job in batch + following] == ["j0", *names]
+
+
+async def test_a_lone_job_waits_only_the_gap() -> None:
+    queue = PriorityInferQueue(max_size=5)
+    queue.submit("alone", priority=1, timeout=10)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    batch = await queue.next_batch(8, batch_wait_s=0.05, max_wait_s=5.0)
+    assert [job.payload for job in batch] == ["alone"]
+    assert loop.time() - started < 1.0
+
+
 async def test_next_batch_waits_for_work() -> None:
     queue = PriorityInferQueue(max_size=5)
     waiter = asyncio.create_task(queue.next_batch(4, 0))

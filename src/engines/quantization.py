@@ -30,7 +30,7 @@ from asr_server.config import EngineName, Settings
 from asr_server.errors import EngineUnavailable
 
 FP8_MIN_CAPABILITY = (8, 9)  # float8 matmul/storage support: Ada (8.9), Hopper (9.0) and newer
-_TORCHAO_HINT = "pip install torchao"
+_TORCHAO_HINT = "the extra 'quantize': pip install 'qwen3-asr-server[quantize]'"
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,16 @@ class QuantizationResult:
     modules: int  # layers whose weights were quantized
     weight_bytes_before: int
     weight_bytes_after: int
+
+    def describe(self) -> dict[str, object]:
+        """For /ready: what was quantized, and the model's weight bytes unquantized (in the dtype it would
+        serve in) and quantized."""
+        return {
+            "mode": self.mode,
+            "method": self.method,
+            "layers": self.modules,
+            "weight_bytes": {"unquantized": self.weight_bytes_before, "quantized": self.weight_bytes_after},
+        }
 
 
 # --------------------------------------------------------------------------------------- at start
@@ -131,7 +141,8 @@ def quantize_model(model: Any, mode: str, device: str, *, encoder: bool = False)
     import torch
 
     thinker = model.thinker
-    before = _weight_bytes(thinker)
+    # What the model would hold unquantized: on CPU it serves in float32 (a bf16 checkpoint is upcast).
+    before = _weight_bytes(thinker, float_size=4 if device == "cpu" else None)
     if device == "cpu":
         if mode != "int8":
             raise _fp8_unsupported("the model runs on the CPU")
@@ -206,14 +217,16 @@ def _torchao_weight_only(torch: Any, thinker: Any, mode: str, *, encoder: bool) 
     return len(names)
 
 
-def _weight_bytes(module: Any) -> int:
-    """Bytes of parameters and buffers, counting packed quantized weights too (tied tensors once)."""
+def _weight_bytes(module: Any, *, float_size: int | None = None) -> int:
+    """Bytes of parameters and buffers, counting packed quantized weights too (tied tensors once);
+    `float_size`: count floating-point tensors at that many bytes per element instead of their own."""
     seen: set[int] = set()
     total = 0
     for tensor in [*module.parameters(), *module.buffers()]:
         if id(tensor) not in seen:
             seen.add(id(tensor))
-            total += _tensor_bytes(tensor)
+            floating = float_size is not None and tensor.is_floating_point()
+            total += tensor.numel() * float_size if floating else _tensor_bytes(tensor)
     for sub in module.modules():
         packed = getattr(sub, "_packed_params", None)
         if packed is not None:

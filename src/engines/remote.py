@@ -16,13 +16,15 @@ import sys
 import tempfile
 import threading
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import httpx
 from loguru import logger
+from pydantic import SecretStr
 
-from asr_server.config import Settings
+from asr_server.config import EngineName, Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
 from asr_server.errors import EngineUnavailable, InferenceError
 
@@ -43,6 +45,41 @@ class WorkerProcessDied(EngineUnavailable):
     code = "worker_restarting"
 
 
+# Always handed to the worker process, whatever the gateway's settings came from ("" = unset).
+_ALWAYS_PASSED = ("asr_engine", "model_id", "forced_aligner_id", "device", "dtype", "max_new_tokens", "max_batch_size")
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    """The worker process's environment: the gateway's, plus every setting given in code or on the command
+    line (QUANTIZE, USE_VLLM, ...), so both processes build the engine from the same settings. Lists and
+    secrets (API keys, CORS origins) concern the gateway only and are not passed."""
+    env = dict(os.environ)
+    for name in (*_ALWAYS_PASSED, *sorted(settings.model_fields_set)):
+        value = getattr(settings, name)
+        if isinstance(value, list | dict | SecretStr):
+            continue
+        if value is None:
+            if name in _ALWAYS_PASSED:
+                env[name.upper()] = ""
+            else:
+                env.pop(name.upper(), None)
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        env[name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    env["GATEWAY_MODE"] = "0"
+    return env
+
+
+def remote_concurrency(settings: Settings) -> int:
+    """Batches the worker process's engine runs at once, known from the settings it is started with."""
+    if settings.use_vllm or settings.asr_engine == EngineName.vllm:
+        from asr_server.engines.vllm_engine import vllm_batches_in_flight  # light: vllm loads in load()
+
+        return vllm_batches_in_flight(settings)
+    return 1
+
+
 class RemoteEngine(Engine):
     name = "remote"
 
@@ -57,6 +94,9 @@ class RemoteEngine(Engine):
         self._want_loaded = False
         self._supports_alignment = bool(settings.forced_aligner_id) and settings.asr_engine.value != "fake"
         self._describe: dict[str, Any] = {"engine": f"{settings.asr_engine.value} (worker process)"}
+        # The engine in the worker process takes this many batches at once (vLLM: several; others: 1); the
+        # gateway's worker must keep as many in flight, and the httpx client is safe to share across threads.
+        self.concurrency = remote_concurrency(settings)
         self.restarts = 0
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
@@ -70,10 +110,7 @@ class RemoteEngine(Engine):
     def _spawn(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._socket.unlink()
-        env = {**os.environ, "GATEWAY_MODE": "0", "ASR_ENGINE": self._settings.asr_engine.value}
-        for name in ("model_id", "forced_aligner_id", "device", "dtype", "max_new_tokens", "max_batch_size"):
-            value = getattr(self._settings, name)
-            env[name.upper()] = "" if value is None else str(value)
+        env = worker_environment(self._settings)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "asr_server.worker_process", "--uds", str(self._socket)],
             env=env,

@@ -249,7 +249,7 @@ class TransformersEngine(Engine):
             "audio_encoder": f"onnxruntime/{self._encoder.provider}" if self._encoder is not None else "pytorch",
             "speculative": {"draft": s.fast_model_id, "k": s.speculative_k} if s.use_speculative else None,
             "aligner_loaded": self._aligner is not None,
-            "quantize": {"mode": s.quantize, "method": self._quantized.method} if self._quantized else s.quantize,
+            "quantize": self._quantized.describe() if self._quantized else s.quantize,
             "memory_plan": (
                 {"piece_seconds": self._memory_plan.piece_seconds, "budget_gib": self._memory_plan.budget_bytes / 2**30}
                 if self._memory_plan

@@ -45,6 +45,11 @@ def build_prompt(context: str, language: str | None) -> str:
     return prompt + f"language {language}{_ASR_TEXT}" if language else prompt
 
 
+def vllm_batches_in_flight(settings: Settings) -> int:
+    """transcribe() calls the worker keeps in flight: enough batches to fill vLLM's VLLM_MAX_NUM_SEQS slots."""
+    return max(1, -(-settings.vllm_max_num_seqs // settings.max_batch_size))
+
+
 class VllmEngine(Engine):
     name = "vllm"
 
@@ -58,8 +63,7 @@ class VllmEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._request_ids = itertools.count()
-        # The worker keeps this many transcribe() calls in flight: enough batches to fill vLLM's slots.
-        self.concurrency = max(1, -(-settings.vllm_max_num_seqs // settings.max_batch_size))
+        self.concurrency = vllm_batches_in_flight(settings)
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
