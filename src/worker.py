@@ -175,7 +175,7 @@ class ModelWorker:
             started = time.perf_counter()
             outcomes = await self._run_with_isolation(kind, batch)
             elapsed = time.perf_counter() - started
-            self._queue.record_service_time(elapsed, len(batch))
+            self._queue.record_service_time(elapsed, len(batch), batches_in_flight=self._busy)
             self.batches_run += 1
             if self._metrics:
                 self._observe(kind, batch, outcomes, elapsed)

@@ -64,6 +64,23 @@ async def test_full_queue_raises_429_with_retry_after_and_frees_up() -> None:
     assert len(queue) == 2
 
 
+async def _retry_after_when_full(batches_in_flight: int) -> int:
+    queue = PriorityInferQueue(max_size=40)
+    for _ in range(40):  # 8 jobs in 8 s per batch, long enough for the moving average to settle
+        queue.record_service_time(8.0, 8, batches_in_flight=batches_in_flight)
+    for i in range(40):
+        queue.submit(i, priority=1, timeout=100)
+    with pytest.raises(QueueFull) as raised:
+        queue.submit("one more", priority=1, timeout=100)
+    return int(raised.value.headers["Retry-After"])
+
+
+async def test_retry_after_counts_batches_running_side_by_side() -> None:
+    """40 queued jobs at 1 s each: 40 s with one batch at a time, a quarter with four in flight (vLLM)."""
+    assert await _retry_after_when_full(1) == 40
+    assert 10 <= await _retry_after_when_full(4) <= 11
+
+
 async def test_batch_holds_only_compatible_jobs_up_to_the_limit() -> None:
     queue = PriorityInferQueue(max_size=20)
     for i in range(5):
