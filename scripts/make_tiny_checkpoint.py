@@ -309,18 +309,27 @@ def build_asr_checkpoint(
     return Path(out_dir).resolve()
 
 
-def build_aligner_checkpoint(out_dir: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny random Qwen3-ForcedAligner checkpoint (fp32) to ``out_dir`` and return its path.
+def build_aligner_checkpoint(
+    out_dir: str | Path, *, seed: int = 0, dims: str = "tiny", dtype: str | None = None
+) -> Path:
+    """Write a random Qwen3-ForcedAligner checkpoint to ``out_dir`` and return its path.
 
     Every predicted timestamp is one of the first ``ALIGNER_ACTIVE_CLASSES`` classes, i.e. within
-    0..``ALIGNER_MAX_TIME`` seconds; qwen-asr's own post-processing makes them non-decreasing.
+    0..``ALIGNER_MAX_TIME`` seconds; qwen-asr's own post-processing makes them non-decreasing. ``dims``
+    "0.6b" gives the published aligner's dimensions (for timing it; bf16 by default, like the ASR).
     """
     import torch
 
+    if dims not in DIMS:
+        raise ValueError(f"dims must be one of {sorted(DIMS)}")
+    tiny = dims == "tiny"
+    save_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype or ("fp32" if tiny else "bf16")]
     with _staging(out_dir) as tmp:
-        model = _new_model(_config("tiny", aligner=True), dtype=torch.float32, seed=seed, tiny=True)
+        model = _new_model(
+            _config(dims, aligner=True), dtype=torch.float32 if tiny else save_dtype, seed=seed, tiny=tiny
+        )
         _confine_aligner(model)
-        _save(model, _build_processor(), tmp, aligner=True, dtype=torch.float32)
+        _save(model, _build_processor(), tmp, aligner=True, dtype=save_dtype)
     return Path(out_dir).resolve()
 
 
@@ -499,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.monotonic()
     if args.aligner:
-        if args.hello or args.dims != "tiny":
-            parser.error("--aligner builds a tiny aligner only")
-        out = build_aligner_checkpoint(args.out_dir, seed=args.seed)
+        if args.hello:
+            parser.error("--hello builds an ASR checkpoint, not an aligner")
+        out = build_aligner_checkpoint(args.out_dir, seed=args.seed, dims=args.dims, dtype=args.dtype)
     else:
         out = build_asr_checkpoint(args.out_dir, dims=args.dims, hello=args.hello, seed=args.seed, dtype=args.dtype)
     print(f"wrote {out} in {time.monotonic() - start:.1f} s", file=sys.stderr)
