@@ -102,7 +102,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         queue=queue,
         worker=worker,
         transcription=transcription_service,
-        subtitles=SubtitlePipeline(transcription_service, aligner_available=worker.engine.supports_alignment),
+        subtitles=SubtitlePipeline(
+            transcription_service,
+            aligner_available=worker.engine.supports_alignment,
+            chunk_seconds=settings.resolved_align_chunk_seconds(),
+        ),
         translator=Translator(translator_config(settings)),
         metrics=metrics,
     )

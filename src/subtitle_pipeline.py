@@ -1,9 +1,10 @@
 """Timed transcription: audio → chunks → transcripts → word timings → cues.
 
-Accurate mode aligns each chunk's own transcript with Qwen3-ForcedAligner (its input limit is 180 s,
-so audio is cut at quiet points into ≤180 s chunks first, and each chunk is transcribed and aligned on
-its own; offsets are added back). A chunk the aligner fails on falls back to fast timing, and the
-result lists it. Fast mode spreads each chunk's text over the speech the VAD finds in it.
+Accurate mode aligns each chunk's own transcript with Qwen3-ForcedAligner: audio is cut at quiet points
+into chunks of at most ALIGN_CHUNK_SECONDS (60 s on CPU, 180 s, the aligner's input limit, on a GPU), and
+each chunk is transcribed and aligned on its own; offsets are added back. A chunk the aligner fails on
+falls back to fast timing, and the result lists it. Fast mode spreads each chunk's text over the speech
+the VAD finds in it.
 All model work goes through the queue (transcribe and align jobs batch with other requests).
 """
 
@@ -82,9 +83,12 @@ def _aligned_words(units: list[AlignedUnit], text: str, offset: float) -> list[W
 
 
 class SubtitlePipeline:
-    def __init__(self, service: TranscriptionService, aligner_available: bool) -> None:
+    def __init__(
+        self, service: TranscriptionService, aligner_available: bool, chunk_seconds: float = ALIGNER_MAX_SECONDS
+    ) -> None:
         self._service = service
         self.aligner_available = aligner_available
+        self._chunk_seconds = min(chunk_seconds, ALIGNER_MAX_SECONDS)
 
     def default_mode(self) -> SubtitleMode:
         return SubtitleMode.accurate if self.aligner_available else SubtitleMode.fast
@@ -100,7 +104,7 @@ class SubtitlePipeline:
         priority: int = PRIORITY_HTTP,
     ) -> TimedTranscription:
         samples = audio.samples
-        ranges = split_at_quiet_points(samples, SAMPLE_RATE, ALIGNER_MAX_SECONDS)
+        ranges = split_at_quiet_points(samples, SAMPLE_RATE, self._chunk_seconds)
         transcripts: list[Transcript] = await asyncio.gather(
             *(
                 self._service.submit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import asr_server.config as config
 from asr_server.config import Settings, default_batch_size
@@ -41,3 +42,11 @@ def test_gpu_default_applies_only_when_not_set(monkeypatch: pytest.MonkeyPatch) 
     assert Settings(model_id="Qwen/Qwen3-ASR-1.7B").max_batch_size == default_batch_size(24 * GIB, "1.7B")
     assert Settings(model_id="Qwen/Qwen3-ASR-1.7B", max_batch_size=3).max_batch_size == 3
     assert Settings(device="cpu").max_batch_size == 8
+
+
+def test_align_chunk_seconds_follows_where_the_model_runs() -> None:
+    assert Settings(device="cpu").resolved_align_chunk_seconds() == 60.0
+    assert Settings(device="cuda:0").resolved_align_chunk_seconds() == 180.0
+    assert Settings(device="cuda", align_chunk_seconds=90).resolved_align_chunk_seconds() == 90.0
+    with pytest.raises(ValidationError):
+        Settings(align_chunk_seconds=181)  # the aligner's own input limit
