@@ -49,7 +49,11 @@ from asr_server.server import create_app
 from asr_server.testing import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
+# mode -> (DTYPE, QUANTIZE). On CPU int8 runs float32 around its int8 matmuls; on a GPU it and fp8 are
+# torchao weight-only in bf16 (see src/engines/quantization.py).
 MODES = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int8": ("float32", "int8")}
+GPU_MODES = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int8": ("bfloat16", "int8"),
+             "fp8": ("bfloat16", "fp8")}  # fmt: skip
 
 
 def _checkpoint(dims: str) -> Path:
@@ -57,11 +61,11 @@ def _checkpoint(dims: str) -> Path:
 
 
 def _settings(args: argparse.Namespace, mode: str, **overrides: Any) -> Settings:
-    dtype, quantize = MODES[mode]
+    dtype, quantize = (MODES if args.device == "cpu" else GPU_MODES)[mode]
     base: dict[str, Any] = {
         "model_id": str(_checkpoint(args.dims)),
         "forced_aligner_id": "",
-        "device": "cpu",
+        "device": args.device,
         "dtype": dtype,
         "quantize": quantize,
         "max_new_tokens": args.tokens,
@@ -116,6 +120,12 @@ def _peak_rss() -> Iterator[list[float]]:
 
 
 # ------------------------------------------------------------------------------------------ memory
+def _cuda() -> Any:
+    import torch
+
+    return torch.cuda
+
+
 def memory_case(args: argparse.Namespace, mode: str) -> dict[str, float]:
     """In this (fresh) process: RSS after load, peak of the load, peak of one batch of `--batch` clips."""
     before = _rss_mb()
@@ -124,16 +134,20 @@ def memory_case(args: argparse.Namespace, mode: str) -> dict[str, float]:
     load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _release_freed_memory()  # every mode alike: count what stays, not what glibc has not handed back yet
     after_load = _rss_mb()
+    # On a GPU its own figures: what the allocator holds after load, and its peak over the load and a batch.
+    gpu = {"gpu_after_load": _cuda().memory_allocated() / 2**20} if args.device != "cpu" else {}
     engine._model.model.thinker.generation_config.min_new_tokens = args.tokens
     with _peak_rss() as peak:
         engine._model.transcribe(audio=[(c, 16_000) for c in _clips(args.batch, args.clip_seconds)])
     _release_freed_memory()
     # After a batch every weight page has been touched: a bf16 checkpoint loaded as bf16 stays memory-mapped
     # from the file, and counts as resident only once it is read.
+    if gpu:
+        gpu["gpu_peak"] = _cuda().max_memory_allocated() / 2**20
     quantized = engine.describe()["quantize"]
     weights = quantized["weight_bytes"] if isinstance(quantized, dict) else None
     return {"before_load": before, "after_load": after_load, "load_peak": load_peak, "batch_peak": peak[0],
-            "after_batch": _rss_mb(), "weights": weights}  # fmt: skip
+            "after_batch": _rss_mb(), "weights": weights, **gpu}  # fmt: skip
 
 
 def part_memory(args: argparse.Namespace) -> None:
@@ -145,13 +159,17 @@ def part_memory(args: argparse.Namespace) -> None:
     notes: list[str] = []
     for mode in args.modes.split(","):
         command = [sys.executable, __file__, "--memory-case", mode, "--dims", args.dims, "--batch", str(args.batch),
-                   "--tokens", str(args.tokens), "--clip-seconds", str(args.clip_seconds)]  # fmt: skip
+                   "--tokens", str(args.tokens), "--clip-seconds", str(args.clip_seconds),
+                   "--device", args.device]  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         case = json.loads(out.strip().splitlines()[-1])
         base = base or case
         print(f"| {mode} | {case['after_load']:.0f} MB | {case['after_load'] / base['after_load']:.0%} | "
               f"{case['after_batch']:.0f} MB | {case['after_batch'] / base['after_batch']:.0%} | "
               f"{case['load_peak']:.0f} MB | {case['batch_peak']:.0f} MB |")  # fmt: skip
+        if "gpu_peak" in case:
+            notes.append(f"{mode} on {args.device}: {case['gpu_after_load']:.0f} MB allocated after load, "
+                         f"peak {case['gpu_peak']:.0f} MB")  # fmt: skip
         if case["weights"]:
             before, after = (case["weights"][k] / 2**20 for k in ("unquantized", "quantized"))
             notes.append(f"{mode}: the model's weights take {after:.0f} MB, against {before:.0f} MB in float32 "
@@ -348,6 +366,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["memory", "speed", "service", "drift"], default="speed")
     parser.add_argument("--dims", default="0.6b", choices=["tiny", "0.6b", "1.7b"])
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the per-mode table on a GPU")
     parser.add_argument("--modes", default=None, help="comma-separated: fp32, bf16, int8")
     parser.add_argument("--clip-seconds", type=float, default=10.0)
     parser.add_argument("--tokens", type=int, default=40)
