@@ -14,7 +14,7 @@ import statistics
 import time
 
 import numpy as np
-from checkpoints import bench_checkpoint
+from common import bench_checkpoint
 
 from asr_server.config import Settings
 from asr_server.engines.base import AlignItem

@@ -13,6 +13,7 @@ import textwrap
 import time
 
 import httpx
+from common import rss_mb
 
 BARE_APP = textwrap.dedent(
     """
@@ -29,14 +30,6 @@ BARE_APP = textwrap.dedent(
 )
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def _measure(cmd: list[str], port: int, env: dict[str, str]) -> float:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -48,7 +41,7 @@ def _measure(cmd: list[str], port: int, env: dict[str, str]) -> float:
             except httpx.HTTPError:
                 time.sleep(0.2)
         time.sleep(1.0)  # let start-up settle
-        return _rss_mb(proc.pid)
+        return rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import subprocess
@@ -24,35 +23,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import soundfile as sf
-from checkpoints import bench_checkpoint
+from common import bench_checkpoint, noise_clips, rss_mb, wav_bytes
 
 from asr_server.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _tiny_checkpoint() -> Path:
     return bench_checkpoint("qwen3-asr-hello", "--hello")
 
 
-def _wav(seconds: float, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buffer = io.BytesIO()
-    sf.write(buffer, (0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32), 16_000, format="WAV")
-    return buffer.getvalue()
-
-
 async def _uploads(url: str, n: int, concurrency: int) -> tuple[list[float], Counter[int]]:
-    payloads = [_wav(1.0 + (i % 4), i % 7) for i in range(8)]
+    payloads = [wav_bytes(noise_clips(1, 1.0 + (i % 4), seed=i % 7)[0]) for i in range(8)]
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     semaphore = asyncio.Semaphore(concurrency)
@@ -134,7 +117,7 @@ def main() -> None:
                 raise SystemExit("server did not start")
             time.sleep(0.3)
         server_pid = proc.pid
-        rss = [("start", _rss_mb(server_pid))]
+        rss = [("start", rss_mb(server_pid))]
         for round_number in range(1, args.rounds + 1):
 
             async def round_() -> tuple[list[float], Counter[int], Counter[str]]:
@@ -148,7 +131,7 @@ def main() -> None:
             started = time.perf_counter()
             latencies, statuses, streams = asyncio.run(round_())
             wall = time.perf_counter() - started
-            rss.append((f"after round {round_number}", _rss_mb(server_pid)))
+            rss.append((f"after round {round_number}", rss_mb(server_pid)))
             ms = np.array(latencies) * 1000
             print(
                 f"round {round_number}: {args.requests} uploads, {args.concurrency} in flight, {args.engine} engine, "

@@ -18,19 +18,12 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from common import peak_rss, rss_mb
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def run_case(dims: str, seconds: float, mode: str, threads: int) -> dict[str, float]:
@@ -52,23 +45,11 @@ def run_case(dims: str, seconds: float, mode: str, threads: int) -> dict[str, fl
         _bound_encoder_convolutions(model)
     clip = (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16_000))).astype(np.float32)
     inputs = mtc._build_processor()(text=[build_prompt("", None)], audio=[clip], return_tensors="pt", padding=True)
-    before = _rss_mb()
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    with torch.no_grad():
+    before = rss_mb()
+    with peak_rss() as peak, torch.no_grad():
+        started = time.perf_counter()
         model.generate(**inputs, max_new_tokens=1)
-    elapsed = time.perf_counter() - started
-    done.set()
-    sampler.join()
+        elapsed = time.perf_counter() - started
     return {"prompt_tokens": int(inputs["input_ids"].shape[1]), "peak_mb": peak[0] - before, "seconds": elapsed}
 
 

@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import json
 import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,8 +37,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-import soundfile as sf
-from checkpoints import bench_checkpoint
+from common import bench_checkpoint, noise_clips, peak_rss, post_uploads, rss_mb, wav_bytes
 
 from asr_server.config import Settings
 from asr_server.engines.quantization import _release_freed_memory
@@ -77,46 +74,13 @@ def _settings(args: argparse.Namespace, mode: str, **overrides: Any) -> Settings
     return Settings(**{**base, **overrides})
 
 
-def _clips(n: int, seconds: float, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [(0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32) for _ in range(n)]
-
-
 def _loaded(engine: TransformersEngine, tokens: int) -> TransformersEngine:
     """Load if needed (the server unloads at shutdown), force fixed-length generation, warm up."""
     if not engine.loaded:
         engine.load()
         engine._model.model.thinker.generation_config.min_new_tokens = tokens
-        engine._model.transcribe(audio=[(_clips(1, 2.0)[0], 16_000)])
+        engine._model.transcribe(audio=[(noise_clips(1, 2.0)[0], 16_000)])
     return engine
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-@contextlib.contextmanager
-def _peak_rss() -> Iterator[list[float]]:
-    """Samples the resident set every millisecond while the block runs; yields [peak MB]."""
-    peak = [_rss_mb()]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        sampler.join()
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -128,17 +92,17 @@ def _cuda() -> Any:
 
 def memory_case(args: argparse.Namespace, mode: str) -> dict[str, float]:
     """In this (fresh) process: RSS after load, peak of the load, peak of one batch of `--batch` clips."""
-    before = _rss_mb()
+    before = rss_mb()
     engine = TransformersEngine(_settings(args, mode))
     engine.load()
     load_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     _release_freed_memory()  # every mode alike: count what stays, not what glibc has not handed back yet
-    after_load = _rss_mb()
+    after_load = rss_mb()
     # On a GPU its own figures: what the allocator holds after load, and its peak over the load and a batch.
     gpu = {"gpu_after_load": _cuda().memory_allocated() / 2**20} if args.device != "cpu" else {}
     engine._model.model.thinker.generation_config.min_new_tokens = args.tokens
-    with _peak_rss() as peak:
-        engine._model.transcribe(audio=[(c, 16_000) for c in _clips(args.batch, args.clip_seconds)])
+    with peak_rss() as peak:
+        engine._model.transcribe(audio=[(c, 16_000) for c in noise_clips(args.batch, args.clip_seconds)])
     _release_freed_memory()
     # After a batch every weight page has been touched: a bf16 checkpoint loaded as bf16 stays memory-mapped
     # from the file, and counts as resident only once it is read.
@@ -147,7 +111,7 @@ def memory_case(args: argparse.Namespace, mode: str) -> dict[str, float]:
     quantized = engine.describe()["quantize"]
     weights = quantized["weight_bytes"] if isinstance(quantized, dict) else None
     return {"before_load": before, "after_load": after_load, "load_peak": load_peak, "batch_peak": peak[0],
-            "after_batch": _rss_mb(), "weights": weights, **gpu}  # fmt: skip
+            "after_batch": rss_mb(), "weights": weights, **gpu}  # fmt: skip
 
 
 def part_memory(args: argparse.Namespace) -> None:
@@ -190,25 +154,6 @@ def _direct(engine: TransformersEngine, clips: list[np.ndarray], batch: int) -> 
     return (time.perf_counter() - wall) / audio, (time.process_time() - cpu) / audio
 
 
-def _wav(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, 16_000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
-async def _through_service(url: str, payloads: list[bytes], concurrency: int) -> float:
-    semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=3600) as http:
-
-        async def one(data: bytes) -> None:
-            async with semaphore:
-                (await http.post("/transcribe", files={"file": ("a.wav", data)})).raise_for_status()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(p) for p in payloads))
-        return time.perf_counter() - started
-
-
 def part_speed(args: argparse.Namespace) -> None:
     import torch
 
@@ -216,7 +161,7 @@ def part_speed(args: argparse.Namespace) -> None:
     # int8 first: its load peaks at the float32 size, better before a float32 model is resident.
     order = sorted(modes, key="int8".__ne__)
     engines = {m: _loaded(TransformersEngine(_settings(args, m)), args.tokens) for m in order}
-    singles, batch = _clips(1, args.clip_seconds, seed=1), _clips(args.batch, args.clip_seconds, seed=2)
+    singles, batch = noise_clips(1, args.clip_seconds, seed=1), noise_clips(args.batch, args.clip_seconds, seed=2)
     rows: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for _ in range(args.repeats):  # alternate the modes: noise from other work hits them alike
         for size, clips in ((1, singles), (args.batch, batch)):
@@ -249,7 +194,7 @@ def part_service(args: argparse.Namespace) -> None:
         max_new_tokens=args.tokens, warmup=False, log_level="WARNING", request_timeout=3600,
         **({"batch_wait_ms": args.batch_wait_ms} if args.batch_wait_ms is not None else {}),
     )  # fmt: skip
-    clips = _clips(args.concurrency, args.clip_seconds, seed=3)
+    clips = noise_clips(args.concurrency, args.clip_seconds, seed=3)
     direct: list[float] = []
     service: list[float] = []
     batches: list[int] = []
@@ -262,7 +207,7 @@ def part_service(args: argparse.Namespace) -> None:
         _loaded(engine, args.tokens)._model.max_inference_batch_size = args.batch
         app = create_app(settings, engine=engine)
         with running_server(app) as url:
-            elapsed = asyncio.run(_through_service(url, [_wav(c) for c in clips], args.concurrency))
+            elapsed = asyncio.run(post_uploads(url, [wav_bytes(c) for c in clips], args.concurrency))
             metrics = httpx.get(f"{url}/metrics").text
         service.append(elapsed / (len(clips) * args.clip_seconds))
         batches.append(app.state.services.worker.batches_run)
@@ -332,7 +277,7 @@ def part_drift(args: argparse.Namespace) -> None:
     total = equal = whole = forced_equal = self_equal = 0
     errors: list[float] = []
     distinct: set[int] = set()
-    for i, clip in enumerate(_clips(args.clips, args.clip_seconds, seed=10)):
+    for i, clip in enumerate(noise_clips(args.clips, args.clip_seconds, seed=10)):
         inputs = asr.processor(text=[prompt], audio=[clip], return_tensors="pt", padding=True)
         start = inputs["input_ids"].shape[1]
         with torch.no_grad():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import time
 from pathlib import Path
@@ -23,8 +22,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-import soundfile as sf
-from checkpoints import bench_checkpoint
+from common import bench_checkpoint, noise_clips, post_uploads, wav_bytes
 
 from asr_server.config import Settings
 from asr_server.server import create_app
@@ -37,16 +35,6 @@ def _checkpoint() -> Path:
     return bench_checkpoint("qwen3-asr-tiny-random")
 
 
-def _wavs(n: int, seconds: float) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        buffer = io.BytesIO()
-        sf.write(buffer, (0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32), 16_000, format="WAV")
-        out.append(buffer.getvalue())
-    return out
-
-
 async def _latency(url: str, wav: bytes, n: int) -> float:
     """Median seconds of one upload at a time."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
@@ -56,21 +44,6 @@ async def _latency(url: str, wav: bytes, n: int) -> float:
             (await http.post("/transcribe", files={"file": ("a.wav", wav)})).raise_for_status()
             times.append(time.perf_counter() - started)
         return float(np.median(times))
-
-
-async def _load(url: str, wavs: list[bytes], concurrency: int) -> float:
-    """Wall seconds for all uploads, `concurrency` at a time; every one must succeed."""
-    semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=3600) as http:
-
-        async def one(data: bytes) -> None:
-            async with semaphore:
-                response = await http.post("/transcribe", files={"file": ("a.wav", data)})
-                response.raise_for_status()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(w) for w in wavs))
-        return time.perf_counter() - started
 
 
 def main() -> None:
@@ -100,7 +73,7 @@ def main() -> None:
         "request_timeout": 3600,
         "queue_max": max(64, args.concurrency * 2),
     }
-    wavs = _wavs(args.clips, args.clip_seconds)
+    wavs = [wav_bytes(clip) for clip in noise_clips(args.clips, args.clip_seconds)]
     audio_seconds = args.clips * args.clip_seconds
 
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
@@ -111,8 +84,8 @@ def main() -> None:
     def on_ray(replicas: int) -> tuple[float, str]:
         settings = Settings(**base, ray_min_replicas=replicas, ray_max_replicas=replicas, ray_cpus_per_replica=1)
         serve.run(build_application(resolve_settings(settings, ray.cluster_resources())), name=APP_NAME)
-        asyncio.run(_load(url, wavs[: args.concurrency], args.concurrency))  # warm every replica's path
-        elapsed = asyncio.run(_load(url, wavs, args.concurrency))
+        asyncio.run(post_uploads(url, wavs[: args.concurrency], args.concurrency))  # warm every replica's path
+        elapsed = asyncio.run(post_uploads(url, wavs, args.concurrency))
         served = httpx.get(f"{url}/ready", timeout=60).json()["ray_replicas"]
         split = " / ".join(str(counts["items"]) for counts in served.values())
         serve.delete(APP_NAME)
@@ -120,8 +93,8 @@ def main() -> None:
 
     def single_process() -> tuple[float, str]:
         with running_server(create_app(Settings(**base, preload=True))) as single_url:
-            asyncio.run(_load(single_url, wavs[: args.concurrency], args.concurrency))
-            return asyncio.run(_load(single_url, wavs, args.concurrency)), "-"
+            asyncio.run(post_uploads(single_url, wavs[: args.concurrency], args.concurrency))
+            return asyncio.run(post_uploads(single_url, wavs, args.concurrency)), "-"
 
     # What Ray's two hops (proxy -> gateway replica -> model replica) add to a request: the fake engine.
     fake = {"asr_engine": "fake", "warmup": False, "log_level": "WARNING"}

@@ -17,19 +17,12 @@ import ctypes
 import gc
 import tracemalloc
 
+from common import rss_mb
 from load_test import _streams
 
 from asr_server.config import Settings
 from asr_server.server import create_app
 from asr_server.testing import running_server
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _trim() -> None:
@@ -48,17 +41,17 @@ def main() -> None:
         asyncio.run(_streams(url, args.streams, args.seconds))  # warm-up: the VAD model, first-use caches
         gc.collect()
         _trim()
-        print(f"after a warm-up round: RSS {_rss_mb():.0f} MB")
+        print(f"after a warm-up round: RSS {rss_mb():.0f} MB")
         tracemalloc.start(25)
         baseline = tracemalloc.take_snapshot()
         print("| round | streams | RSS | RSS trimmed | traced heap growth |\n|---|---|---|---|---|")
         for round_ in range(1, args.rounds + 1):
             outcomes = asyncio.run(_streams(url, args.streams, args.seconds))
             gc.collect()
-            rss = _rss_mb()
+            rss = rss_mb()
             _trim()
             traced = tracemalloc.get_traced_memory()[0] / 2**20
-            print(f"| {round_} | {dict(outcomes)} | {rss:.0f} MB | {_rss_mb():.0f} MB | {traced:.2f} MB |", flush=True)
+            print(f"| {round_} | {dict(outcomes)} | {rss:.0f} MB | {rss_mb():.0f} MB | {traced:.2f} MB |", flush=True)
         grown = tracemalloc.take_snapshot().compare_to(baseline, "traceback")[:3]
     print("largest growth by allocation site:")
     for stat in grown:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from checkpoints import bench_checkpoint
+from common import bench_checkpoint
 from stream_file import StreamResult, percentile, stream_samples
 
 from asr_server.audio import resample

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
-import soundfile as sf
-from checkpoints import bench_checkpoint
+from common import bench_checkpoint, noise_clips, post_uploads, wav_bytes
 
 from asr_server.config import Settings
 from asr_server.engines.transformers_engine import TransformersEngine
@@ -36,17 +33,6 @@ def _checkpoint(dims: str) -> Path:
     return bench_checkpoint(f"qwen3-asr-{dims}-random", "--dims", dims)
 
 
-def _clips(n: int, seconds: float) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [(0.1 * rng.standard_normal(int(seconds * 16_000))).astype(np.float32) for _ in range(n)]
-
-
-def _wav(samples: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, 16_000, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
-
-
 def _direct(engine: TransformersEngine, clips: list[np.ndarray], batch: int) -> float:
     """Audio seconds per wall second for qwen-asr's transcribe() in batches of `batch`."""
     model = engine._model  # the same Qwen3ASRModel instance the service uses
@@ -55,20 +41,6 @@ def _direct(engine: TransformersEngine, clips: list[np.ndarray], batch: int) -> 
     for i in range(0, len(clips), batch):
         model.transcribe(audio=[(c, 16_000) for c in clips[i : i + batch]])
     return sum(len(c) for c in clips) / 16_000 / (time.perf_counter() - started)
-
-
-async def _through_service(url: str, payloads: list[bytes], concurrency: int) -> float:
-    semaphore = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=3600) as http:
-
-        async def one(data: bytes) -> None:
-            async with semaphore:
-                response = await http.post("/transcribe", files={"file": ("a.wav", data)})
-                response.raise_for_status()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one(p) for p in payloads))
-        return time.perf_counter() - started
 
 
 def main() -> None:
@@ -99,12 +71,12 @@ def main() -> None:
         if not engine.loaded:
             engine.load()
             engine._model.model.thinker.generation_config.min_new_tokens = args.tokens  # fixed-length decoding
-            engine._model.transcribe(audio=[(_clips(1, 2.0)[0], 16_000)])  # warm-up
+            engine._model.transcribe(audio=[(noise_clips(1, 2.0)[0], 16_000)])  # warm-up
 
     ensure_loaded()
 
-    few = _clips(4, args.clip_seconds)
-    many = _clips(args.concurrency, args.clip_seconds)
+    few = noise_clips(4, args.clip_seconds)
+    many = noise_clips(args.concurrency, args.clip_seconds)
 
     def direct(batch: int, clips: list[np.ndarray]) -> float:
         ensure_loaded()
@@ -114,7 +86,7 @@ def main() -> None:
         ensure_loaded()
         app = create_app(Settings(**base, max_batch_size=batch_size), engine=engine)
         with running_server(app) as url:
-            elapsed = asyncio.run(_through_service(url, [_wav(c) for c in clips], concurrency))
+            elapsed = asyncio.run(post_uploads(url, [wav_bytes(c) for c in clips], concurrency))
         return sum(len(c) for c in clips) / 16_000 / elapsed
 
     # Each service figure is taken right after its direct counterpart (paired), over `--rounds` rounds, and
