@@ -203,6 +203,11 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
+    @property
+    def uses_vllm(self) -> bool:
+        """The vLLM engine is chosen: USE_VLLM=1 or ASR_ENGINE=vllm."""
+        return self.use_vllm or self.asr_engine == EngineName.vllm
+
     def resolved_align_chunk_seconds(self) -> float:
         """ALIGN_CHUNK_SECONDS, or its default for where the model runs (asked of nvidia-smi, not torch)."""
         if self.align_chunk_seconds:
@@ -354,23 +359,32 @@ def default_batch_size(free_gpu_bytes: int, model_id: str) -> int:
     return max(1, min(32, int((free_gpu_bytes - weights) / (0.75 * 1024**3))))
 
 
-def _free_gpu_bytes() -> int:
-    """Free memory of the first CUDA device, asked of the driver through nvidia-smi (no torch import)."""
+def query_first_gpu(field: str) -> str | None:
+    """One `nvidia-smi --query-gpu` field of the first GPU (no torch import); None without a readable GPU."""
     import shutil
     import subprocess
 
     if shutil.which("nvidia-smi") is None:
-        return 0
+        return None
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=5,
             check=True,
         ).stdout
-        return int(out.splitlines()[0].strip()) * 1024 * 1024
-    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        return out.splitlines()[0].strip()
+    except (subprocess.SubprocessError, IndexError, OSError):
+        return None
+
+
+def _free_gpu_bytes() -> int:
+    """Free memory of the first CUDA device, in bytes; 0 without a GPU."""
+    free_mib = query_first_gpu("memory.free")
+    try:
+        return int(free_mib) * 1024 * 1024 if free_mib else 0
+    except ValueError:
         return 0
 
 

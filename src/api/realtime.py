@@ -32,6 +32,7 @@ from asr_server.api.streaming import (
     make_transcriber,
     make_vad,
     reject_busy,
+    start_session,
     stream_config,
 )
 from asr_server.dependencies import AppServices
@@ -290,11 +291,7 @@ class _Realtime:
                 min_silence_ms=td.silence_duration_ms,
                 prefix_padding_ms=td.prefix_padding_ms,
             )
-            self.session = StreamSession(
-                make_transcriber(self.services), make_vad(self.settings), config, metrics=self.services.streams.metrics
-            )
-            self.lease.session = self.session
-            self.session.start()
+            self.session = start_session(self.services, self.settings, config, self.lease)
             self.forwarder = asyncio.create_task(self.forward(self.session))
         return self.session
 

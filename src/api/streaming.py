@@ -83,6 +83,14 @@ def make_vad(settings: Settings) -> VAD:
     return load_vad(settings.stream_vad)
 
 
+def start_session(services: AppServices, settings: Settings, config: StreamConfig, lease: StreamLease) -> StreamSession:
+    """A running VAD session on the shared queue, registered on the connection's lease."""
+    session = StreamSession(make_transcriber(services), make_vad(settings), config, metrics=services.streams.metrics)
+    lease.session = session
+    session.start()
+    return session
+
+
 def stream_config(
     settings: Settings,
     *,
@@ -319,11 +327,7 @@ class _TranscribeStream:
             config = stream_config(
                 self.settings, language=normalize_language(start.language), context=start.prompt or ""
             )
-            self.session = StreamSession(
-                make_transcriber(self.services), make_vad(self.settings), config, metrics=self.services.streams.metrics
-            )
-            self.lease.session = self.session
-            self.session.start()
+            self.session = start_session(self.services, self.settings, config, self.lease)
             self._sender = asyncio.create_task(self._forward(self.session))
         return self.session
 

@@ -39,7 +39,7 @@ def create_engine(settings: Settings) -> Engine:
         from asr_server.engines.remote import RemoteEngine
 
         return RemoteEngine(settings)
-    if settings.use_vllm or settings.asr_engine == EngineName.vllm:
+    if settings.uses_vllm:
         from asr_server.engines.vllm_engine import VllmEngine
 
         return VllmEngine(settings)
@@ -78,7 +78,7 @@ def check_acceleration(settings: Settings) -> None:
         _require("ray", "--ray (USE_RAY=1)", "ray")
         return
     check_quantization(settings)  # QUANTIZE that this hardware cannot run fails here, saying what it can
-    if settings.use_vllm or settings.asr_engine == EngineName.vllm:
+    if settings.uses_vllm:
         ignored = [
             flag
             for flag, value in (

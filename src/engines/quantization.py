@@ -22,11 +22,10 @@ import contextlib
 import ctypes
 import importlib.util
 import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from asr_server.config import EngineName, Settings
+from asr_server.config import EngineName, Settings, query_first_gpu
 from asr_server.errors import EngineUnavailable
 
 FP8_MIN_CAPABILITY = (8, 9)  # float8 matmul/storage support: Ada (8.9), Hopper (9.0) and newer
@@ -57,19 +56,11 @@ class QuantizationResult:
 # --------------------------------------------------------------------------------------- at start
 def _gpu_capability() -> tuple[int, int] | None:
     """Compute capability of the first GPU via nvidia-smi (no torch import); None when unknown."""
-    if shutil.which("nvidia-smi") is None:
-        return None
+    capability = query_first_gpu("compute_cap")
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        major, minor = out.splitlines()[0].strip().split(".")
+        major, minor = (capability or "").split(".")
         return int(major), int(minor)
-    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+    except ValueError:
         return None
 
 
@@ -93,7 +84,7 @@ def check_quantization(settings: Settings) -> None:
     mode = settings.quantize
     if mode == "none" or (settings.asr_engine == EngineName.fake and not settings.use_vllm):
         return  # the fake engine has no weights to quantize
-    if settings.use_vllm or settings.asr_engine == EngineName.vllm:
+    if settings.uses_vllm:
         if mode == "int8":
             raise EngineUnavailable(
                 "QUANTIZE=int8 is for the transformers engine; with USE_VLLM=1 use QUANTIZE=fp8 (vLLM's own fp8) "

@@ -24,7 +24,7 @@ import httpx
 from loguru import logger
 from pydantic import SecretStr
 
-from asr_server.config import EngineName, Settings
+from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
 from asr_server.errors import EngineUnavailable, InferenceError
 
@@ -73,7 +73,7 @@ def worker_environment(settings: Settings) -> dict[str, str]:
 
 def remote_concurrency(settings: Settings) -> int:
     """Batches the worker process's engine runs at once, known from the settings it is started with."""
-    if settings.use_vllm or settings.asr_engine == EngineName.vllm:
+    if settings.uses_vllm:
         from asr_server.engines.vllm_engine import vllm_batches_in_flight  # light: vllm loads in load()
 
         return vllm_batches_in_flight(settings)
