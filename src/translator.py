@@ -17,9 +17,8 @@ import random
 import re
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import openai
 from loguru import logger
 
 from asr_server.cues import Cue
@@ -32,6 +31,9 @@ from asr_server.translation.languages import (
     normalize_target_language,
 )
 from asr_server.translation.prompts import BadAnswer, Kind, build_messages, parse_translations
+
+if TYPE_CHECKING:  # the SDK is imported when translation is configured: ~30 MB an idle server need not hold
+    import openai
 
 __all__ = [
     "SUPPORTED_TARGETS",
@@ -208,6 +210,8 @@ class Translator:
         self._closed = False
         self._client: openai.AsyncOpenAI | None = None
         if config.configured:
+            import openai
+
             # SDK retries are off: our loop makes backoff configurable, releases the concurrency slot
             # while sleeping and maps an exhausted budget to our exceptions. A placeholder key keeps
             # the SDK from reading OPENAI_API_KEY itself; keyless local servers ignore it.
@@ -366,6 +370,7 @@ class Translator:
     async def _complete(self, messages: list[dict[str, str]]) -> str:
         """One chat completion's text, retrying 408/409/429/5xx, connection errors and timeouts."""
         client = self._require_client()
+        import openai  # already loaded: a client exists
         cfg = self._config
         extra: dict[str, Any] = {}
         if cfg.temperature is not None:

@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-HEAVY = ["torch", "transformers", "qwen_asr", "nagisa", "librosa", "onnxruntime"]
+# openai: the SDK is loaded only once translation is configured (OPENAI_BASE_URL), ~30 MB otherwise idle.
+HEAVY = ["torch", "transformers", "qwen_asr", "nagisa", "librosa", "onnxruntime", "openai"]
 
 PROBE = """
 import json, sys
