@@ -196,12 +196,12 @@ class ModelWorker:
         out_of_memory = False
         try:
             return await self._in_thread(self._do_transcribe, kind, payloads)
-        except EngineUnavailable as exc:
-            # The engine itself is gone (e.g. the worker process died): every job of the batch gets the
-            # 503 at once; jobs still queued run after the engine is back.
-            return [exc] * len(batch)
         except Exception as exc:
-            out_of_memory = is_out_of_memory(exc)
+            out_of_memory = is_out_of_memory(exc)  # also forwarded by gateway mode's worker process (a 503)
+            if isinstance(exc, EngineUnavailable) and not out_of_memory:
+                # The engine itself is gone (e.g. the worker process died): every job of the batch gets the
+                # 503 at once; jobs still queued run after the engine is back.
+                return [exc] * len(batch)
             if len(batch) == 1:
                 return [too_large(kind.value) if out_of_memory else _as_service_error(exc, kind)]
             how = "in halves" if out_of_memory else "one by one"

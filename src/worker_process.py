@@ -23,11 +23,15 @@ from fastapi.responses import JSONResponse
 
 from asr_server.config import Settings
 from asr_server.engines import AlignItem, Engine, TranscribeItem, create_engine
-from asr_server.errors import ServiceError
+from asr_server.errors import EngineUnavailable, ServiceError
 from asr_server.logger import configure_logging
+from asr_server.oom import OUT_OF_MEMORY_CODE, is_out_of_memory
 
 
 def _error(exc: Exception) -> JSONResponse:
+    if is_out_of_memory(exc) and not isinstance(exc, ServiceError):
+        # The gateway's worker retries the batch in halves on this code (asr_server.oom).
+        exc = EngineUnavailable(f"out of memory: {exc}", code=OUT_OF_MEMORY_CODE)
     if isinstance(exc, ServiceError):
         body = {"status": exc.status_code, "code": exc.code, "message": exc.message}
         return JSONResponse(body, status_code=exc.status_code)

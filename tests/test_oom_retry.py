@@ -4,6 +4,7 @@ Also the GPU memory plan (GPU_MEMORY_LIMIT_GB): piece length and sub-batches der
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -89,6 +90,39 @@ def test_other_errors_still_fail_only_their_job() -> None:
     with running_server(_app(Broken())) as url:
         responses = asyncio.run(_burst(url, ["ok", "bad"]))
     assert [r.status_code for r in responses] == [200, 500]
+
+
+class TightBehindGateway(FakeEngine):
+    """What the gateway sees in GATEWAY_MODE: the worker process's out-of-memory arrives as a 503 with code
+    out_of_memory (RemoteEngine raises EngineUnavailable for a 503)."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits = fits
+
+    def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
+        if len(items) > self.fits:
+            raise EngineUnavailable("out of memory: CUDA out of memory", code="out_of_memory")
+        return super().transcribe(items)
+
+
+def test_the_worker_process_reports_out_of_memory_with_its_code() -> None:
+    from asr_server.worker_process import create_worker_app
+
+    with running_server(create_worker_app(TightEngine(fits=2))) as url:
+        files = [("audio", (f"{i}.f32", noise(0.5).astype("<f4").tobytes())) for i in range(4)]
+        meta = json.dumps([{"language": None, "context": ""}] * 4)
+        response = httpx.post(f"{url}/transcribe", files=files, data={"meta": meta})
+    assert response.status_code == 503
+    assert response.json()["code"] == "out_of_memory"
+
+
+def test_out_of_memory_forwarded_from_the_worker_process_is_retried_in_halves() -> None:
+    engine = TightBehindGateway(fits=2)
+    with running_server(_app(engine)) as url:
+        responses = asyncio.run(_burst(url, [f"clip {i}" for i in range(8)]))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert sorted(r.json()["text"] for r in responses) == sorted(f"clip {i}" for i in range(8))
 
 
 def test_out_of_memory_is_recognised() -> None:

@@ -190,6 +190,9 @@ def _hello_settings(model_dir: Path) -> Settings:
         ray_max_replicas=2,
         ray_cpus_per_replica=0,
         request_timeout=240,
+        # The killed-replica test sends 96 uploads at once: the default queue (64) plus the batches in flight
+        # is exactly that, so a 429 could answer part of the wave; this test is about replica failure.
+        queue_max=128,
     )
 
 
