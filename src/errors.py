@@ -49,7 +49,9 @@ class InvalidRequest(ServiceError):
 
 
 class InvalidField(InvalidRequest):
-    status_code = 422
+    """A field with a value the API does not accept: 400, as OpenAI answers (the SDKs map 400 to
+    BadRequestError; a 422 would surface as UnprocessableEntityError and break litellm's mapping)."""
+
     code = "invalid_value"
 
 

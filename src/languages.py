@@ -50,7 +50,7 @@ _ALIASES = {"tl": "Filipino", "zh-cn": "Chinese", "zh-hans": "Chinese", "zh-tw":
 def normalize_language(value: str | None, *, param: str = "language") -> str | None:
     """Map an ISO code ("en", "zh-CN") or name ("english") to the model's name; None/"" = auto-detect.
 
-    Raises InvalidField (422) naming the supported languages for anything else.
+    Raises InvalidField (400) naming the supported languages for anything else.
     """
     if value is None or not value.strip() or value.strip().lower() == "auto":
         return None

@@ -50,10 +50,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         param = ".".join(location) or None
         missing = first.get("type") == "missing"
         message = f"{param}: {first.get('msg', 'invalid value')}" if param else str(first.get("msg", "invalid"))
-        status = 400 if missing else 422
+        # 400 for every invalid request, as OpenAI answers; the code tells a missing field from a bad value.
         return JSONResponse(
             error_envelope(message, "invalid_request_error", "missing_field" if missing else "invalid_value", param),
-            status_code=status,
+            status_code=400,
         )
 
     @app.exception_handler(StarletteHTTPException)

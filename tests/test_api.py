@@ -66,7 +66,8 @@ def test_sdk_verbose_json(client: openai.OpenAI) -> None:
 
 
 def test_sdk_error_is_raised_with_openai_envelope(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as raised:
+    # 400, as OpenAI answers: the SDK raises BadRequestError (a 422 would be UnprocessableEntityError).
+    with pytest.raises(openai.BadRequestError) as raised:
         client.audio.transcriptions.create(model="whisper-1", file=("clip.wav", wav_bytes()), language="klingon")
     assert raised.value.body["param"] == "language"
     assert "en (English)" in raised.value.body["message"]
@@ -95,11 +96,11 @@ BAD_REQUESTS = [
     ("unsupported format", {"file": ("doc.pdf", b"%PDF-1.4 not audio")}, {}, 415, "unsupported_format"),
     ("no audio stream", {"file": ("a.txt", b"just some text")}, {}, 415, "unsupported_format"),
     ("missing file", {}, {"language": "en"}, 400, "missing_field"),
-    ("bad language", {"file": ("a.wav", wav_bytes())}, {"language": "xx"}, 422, "invalid_value"),
-    ("bad format", {"file": ("a.wav", wav_bytes())}, {"response_format": "docx"}, 422, "invalid_value"),
-    ("bad temperature", {"file": ("a.wav", wav_bytes())}, {"temperature": "hot"}, 422, "invalid_value"),
-    ("temperature range", {"file": ("a.wav", wav_bytes())}, {"temperature": "1.5"}, 422, "invalid_value"),
-    ("bad granularity", {"file": ("a.wav", wav_bytes())}, {"timestamp_granularities[]": "frame"}, 422, None),
+    ("bad language", {"file": ("a.wav", wav_bytes())}, {"language": "xx"}, 400, "invalid_value"),
+    ("bad format", {"file": ("a.wav", wav_bytes())}, {"response_format": "docx"}, 400, "invalid_value"),
+    ("bad temperature", {"file": ("a.wav", wav_bytes())}, {"temperature": "hot"}, 400, "invalid_value"),
+    ("temperature range", {"file": ("a.wav", wav_bytes())}, {"temperature": "1.5"}, 400, "invalid_value"),
+    ("bad granularity", {"file": ("a.wav", wav_bytes())}, {"timestamp_granularities[]": "frame"}, 400, None),
     ("too long", {"file": ("a.wav", encode(noise(31.0, 8_000, 0.01), 8_000, "FLAC"))}, {}, 413, "audio_too_long"),
     ("too large", {"file": ("a.wav", b"\x00" * (1024 * 1024 + 70_000))}, {}, 413, "too_large"),
 ]

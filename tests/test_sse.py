@@ -80,6 +80,6 @@ def test_stream_errors_are_4xx_before_streaming_starts() -> None:
             files={"file": ("a.wav", wav_bytes())},
             data={"stream": "true", "response_format": "srt"},
         )
-        assert bad_format.status_code == 422 and bad_format.json()["error"]["param"] == "stream"
+        assert bad_format.status_code == 400 and bad_format.json()["error"]["param"] == "stream"
         empty = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", b"")}, data={"stream": "true"})
         assert empty.status_code == 400

@@ -202,8 +202,8 @@ def test_not_configured_is_503_and_the_rest_works() -> None:
 @pytest.mark.parametrize(
     ("files", "data", "status", "param"),
     [
-        ({"file": ("a.txt", b"Hello.")}, {"target_language": "fr"}, 422, "target_language"),
-        ({"file": ("a.txt", b"Hello.")}, {"target_language": "en", "response_format": "srt"}, 422, "response_format"),
+        ({"file": ("a.txt", b"Hello.")}, {"target_language": "fr"}, 400, "target_language"),
+        ({"file": ("a.txt", b"Hello.")}, {"target_language": "en", "response_format": "srt"}, 400, "response_format"),
         ({"file": ("a.srt", b"not a subtitle file at all")}, {"target_language": "zh"}, 400, "file"),
         ({"file": ("a.txt", b"\xff\xfe\x00bad")}, {"target_language": "zh"}, 400, "file"),
         ({"file": ("a.txt", b"   ")}, {"target_language": "zh"}, 400, "file"),
