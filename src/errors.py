@@ -96,12 +96,23 @@ class EngineUnavailable(ServiceError):
     code = "engine_unavailable"
 
 
+class EngineRestarting(EngineUnavailable):
+    """The engine is being restarted and the work was not started: the worker puts the jobs back in the
+    queue, where they wait (within their deadline) for the new engine. Never sent to a client as such."""
+
+    code = "engine_restarting"
+
+
 class UpstreamError(ServiceError):
     """An external service (the translation LLM) failed."""
 
     status_code = 502
     error_type = "upstream_error"
     code = "upstream_failed"
+
+
+class InternalError(ServiceError):
+    """A bug: something raised that no layer turned into a ServiceError. Details go to the log only."""
 
 
 class InferenceError(ServiceError):

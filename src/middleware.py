@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asr_server.errors import PayloadTooLarge, ServiceError
+from asr_server.errors import InternalError, PayloadTooLarge, ServiceError
 from asr_server.logger import request_id_var
 from asr_server.metrics import Metrics
 
@@ -89,6 +89,13 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here, inside the request's context, so that even a 500 carries X-Request-ID and its log
+            # line names the request; Starlette's own last-resort handler runs outside every middleware.
+            if scope["type"] != "http" or status:
+                raise  # the response has started (or a WebSocket): nothing more can be said to the client
+            logger.opt(exception=exc).error("unhandled error on {} {}", scope.get("method"), scope.get("path"))
+            await _send_error(send_with_id, InternalError(f"internal server error (request id {rid})"))
         finally:
             elapsed = time.perf_counter() - started
             if self.metrics is not None and scope["type"] == "http":

@@ -172,6 +172,16 @@ class PriorityInferQueue:
             self._heap = [entry for entry in self._heap if not entry.job.done]
             heapq.heapify(self._heap)
 
+    def requeue(self, jobs: list[Job]) -> None:
+        """Put taken jobs back (the engine restarted before running them), in their original order: a job keeps
+        its priority, its place by arrival time and its deadline. Never refused: they were admitted already."""
+        for job in jobs:
+            if not job.done:
+                key = job.priority + job.enqueued_at / self._aging_s
+                heapq.heappush(self._heap, _Entry(key, next(self._seq), job))
+        if self._heap:
+            self._not_empty.set()
+
     def fail_all(self, error: BaseException) -> None:
         """Answer every queued job with `error` (shutdown)."""
         for entry in self._heap:

@@ -354,6 +354,8 @@ def build_cues(words: list[WordTiming], duration: float, rules: CueRules = CueRu
     overlap and stay inside [0, duration]. Should cues be too crowded for that (more of them than
     milliseconds allow), the closest neighbours are merged.
     """
+    if not words:
+        return []  # nothing was said (e.g. a clip shorter than an engine accepts): no cues, whatever its length
     if not (math.isfinite(duration) and duration > 0):
         raise ValueError("duration must be a finite number > 0")
     limit_ms = math.floor(duration * 1000 + 1e-6)

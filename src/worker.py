@@ -23,14 +23,17 @@ from typing import Any
 from loguru import logger
 
 from asr_server.config import Settings
-from asr_server.engines import AlignItem, Engine, TranscribeItem
-from asr_server.errors import EngineUnavailable, InferenceError, ServiceError
+from asr_server.engines import AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.base import MIN_AUDIO_SAMPLES
+from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError, ServiceError
 from asr_server.metrics import Metrics
 from asr_server.oom import halves, is_out_of_memory, too_large
 from asr_server.queue import Job, PriorityInferQueue
 
 # Seconds before a failed model load is tried again; in between, jobs fail fast with the reason.
 LOAD_RETRY_COOLDOWN_S = 10.0
+# While the engine restarts (gateway mode's worker process died), how often a loop looks whether it is back.
+RESTART_POLL_S = 0.2
 
 
 class JobKind(str, enum.Enum):
@@ -95,7 +98,7 @@ class ModelWorker:
         self._last_activity = time.monotonic()
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _contained, fn, *args)
 
     async def ensure_loaded(self) -> None:
         """Load the engine if needed. Raises EngineUnavailable with the reason when it cannot."""
@@ -117,6 +120,9 @@ class ModelWorker:
                     logger.info("warm-up took {:.2f} s", warmup_seconds)
                     if self._metrics:
                         self._metrics.warmup_seconds.set(warmup_seconds)
+            except EngineRestarting:
+                self.state = EngineState.loading  # not a failure: the jobs wait for the engine to come back
+                raise
             except Exception as exc:
                 self.state = EngineState.failed
                 self._failed_at = time.monotonic()
@@ -158,22 +164,28 @@ class ModelWorker:
                     if not job.done:
                         job.future.set_exception(EngineUnavailable("the server is shutting down"))
                 raise
-            except Exception as exc:  # the loop must survive anything
-                logger.exception("unexpected error in the worker loop")
+            except BaseException as exc:  # the loop must survive anything but its own cancellation
+                logger.opt(exception=exc).error("unexpected error in the worker loop")
                 _fail(batch, InferenceError(f"internal error: {type(exc).__name__}"))
 
     async def _process(self, batch: list[Job]) -> None:
         self._busy += 1
         self.touch()
         try:
+            kind = JobKind(batch[0].batch_key[0] if isinstance(batch[0].batch_key, tuple) else batch[0].batch_key)
+            started = time.perf_counter()
             try:
                 await self.ensure_loaded()
+                outcomes = await self._run_with_isolation(kind, batch)
+            except EngineRestarting as exc:
+                # The work never started: back to the queue, to run on the new engine within its deadline.
+                logger.warning("{}; {} jobs wait in the queue for it", exc.message, len(batch))
+                self._queue.requeue(batch)
+                await asyncio.sleep(RESTART_POLL_S)
+                return
             except EngineUnavailable as exc:
                 _fail(batch, exc)
                 return
-            kind = JobKind(batch[0].batch_key[0] if isinstance(batch[0].batch_key, tuple) else batch[0].batch_key)
-            started = time.perf_counter()
-            outcomes = await self._run_with_isolation(kind, batch)
             elapsed = time.perf_counter() - started
             self._queue.record_service_time(elapsed, len(batch), batches_in_flight=self._busy)
             self.batches_run += 1
@@ -196,6 +208,8 @@ class ModelWorker:
         out_of_memory = False
         try:
             return await self._in_thread(self._do_transcribe, kind, payloads)
+        except EngineRestarting:
+            raise  # not this batch's fault: the caller puts it back in the queue
         except Exception as exc:
             out_of_memory = is_out_of_memory(exc)  # also forwarded by gateway mode's worker process (a 503)
             if isinstance(exc, EngineUnavailable) and not out_of_memory:
@@ -220,6 +234,8 @@ class ModelWorker:
                 continue
             try:
                 outcomes.extend(await self._in_thread(self._do_transcribe, kind, [job.payload]))
+            except EngineRestarting:
+                raise
             except Exception as exc:
                 outcomes.append(_as_service_error(exc, kind))
         return outcomes
@@ -242,12 +258,26 @@ class ModelWorker:
                 metrics.real_time_factor.observe(elapsed / audio_seconds)
 
     def _do_transcribe(self, kind: JobKind, payloads: list[Any]) -> list[Any]:
-        """The single dispatch point into the engine (runs on the engine thread)."""
+        """The single dispatch point into the engine (runs on the engine thread).
+
+        Clips shorter than MIN_AUDIO_SAMPLES never reach the engine (the feature extractor cannot frame
+        them): they are answered as silence, an empty transcript or no aligned units."""
+        runnable = [i for i, item in enumerate(payloads) if len(item.audio) >= MIN_AUDIO_SAMPLES]
+        empty: Any = [] if kind == JobKind.align else Transcript(text="", language="")
+        results: list[Any] = [empty] * len(payloads)
+        if not runnable:
+            return results
         if kind == JobKind.align:
-            items: list[AlignItem] = payloads
-            return self.engine.align(items)
-        transcribe_items: list[TranscribeItem] = payloads
-        return self.engine.transcribe(transcribe_items)
+            align_items: list[AlignItem] = [payloads[i] for i in runnable]
+            outputs: list[Any] = self.engine.align(align_items)
+        else:
+            transcribe_items: list[TranscribeItem] = [payloads[i] for i in runnable]
+            outputs = self.engine.transcribe(transcribe_items)
+        if len(outputs) != len(runnable):
+            raise InferenceError(f"the engine returned {len(outputs)} results for {len(runnable)} items")
+        for index, output in zip(runnable, outputs, strict=True):
+            results[index] = output
+        return results
 
     def status(self) -> dict[str, Any]:
         return {
@@ -257,6 +287,28 @@ class ModelWorker:
             "queue_depth": len(self._queue),
             **self.engine.describe(),
         }
+
+
+class EngineCallError(RuntimeError):
+    """An engine call raised something that must not cross into the event loop as it is."""
+
+
+def _contained(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run an engine call on its thread so that whatever it raises reaches the worker as an ordinary Exception.
+
+    Without this, a StopIteration escaping the engine cannot be set on the asyncio future (Python raises
+    TypeError inside the loop's callback instead) and the job's future is never resolved: its batch and the
+    loop waiting on it hang for good. KeyboardInterrupt, SystemExit, GeneratorExit and CancelledError raised
+    by engine code would likewise pass every `except Exception` and stop the worker loop.
+    """
+    try:
+        return fn(*args)
+    except (StopIteration, StopAsyncIteration) as exc:
+        raise EngineCallError(f"the engine raised {type(exc).__name__}") from exc
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise EngineCallError(f"the engine raised {type(exc).__name__}") from exc
 
 
 def _as_service_error(exc: BaseException, kind: JobKind) -> ServiceError:

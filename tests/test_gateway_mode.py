@@ -121,3 +121,42 @@ def test_the_gateway_keeps_as_many_batches_in_flight_as_the_worker_engine_takes(
     env = worker_environment(vllm)
     assert env["USE_VLLM"] == "1" and env["VLLM_MAX_NUM_SEQS"] == "64" and env["GATEWAY_MODE"] == "0"
     assert "API_KEYS" not in env or env["API_KEYS"] == os.environ.get("API_KEYS")  # keys stay in the gateway
+
+
+def test_requests_arriving_while_the_worker_restarts_wait_for_it(hello_asr_dir: Path) -> None:
+    """Two SIGKILLs 1.2 s apart (the second hits the new process while it loads) under steady load: only the jobs
+    running on a killed process may fail; everything queued or arriving meanwhile runs on the new worker."""
+    with running_server(create_app(_settings(hello_asr_dir, preload=True, max_batch_size=4, queue_max=512))) as url:
+        clip = encode(noise(2.0, seed=3))
+
+        async def steady_load_with_two_kills() -> list[tuple[float, int, str]]:
+            async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+
+                async def upload() -> tuple[float, int, str]:
+                    sent = time.monotonic()
+                    response = await http.post("/transcribe", files={"file": ("a.wav", clip)})
+                    body = response.json()
+                    return sent, response.status_code, body.get("text") or body["error"]["code"]
+
+                tasks: list[asyncio.Task[tuple[float, int, str]]] = []
+                kills: list[float] = []
+                started = time.monotonic()
+                while time.monotonic() - started < 6.0:  # a new upload every 100 ms for 6 s
+                    tasks.append(asyncio.create_task(upload()))
+                    elapsed = time.monotonic() - started
+                    if (elapsed > 1.0 and not kills) or (len(kills) == 1 and elapsed > 2.2):
+                        pid = (await http.get("/ready")).json().get("worker_pid")
+                        if pid is not None:
+                            os.kill(pid, signal.SIGKILL)
+                            kills.append(elapsed)
+                    await asyncio.sleep(0.1)
+                assert len(kills) == 2, kills
+                return await asyncio.gather(*tasks)
+
+        results = asyncio.run(asyncio.wait_for(steady_load_with_two_kills(), 240))
+        failed = [r for r in results if r[1] != 200]
+        assert all(r[2] == "hello world" for r in results if r[1] == 200)
+        # At most one batch (4 jobs) was running on each killed process.
+        assert len(failed) <= 8, f"{len(failed)} of {len(results)} failed: {sorted({(r[1], r[2]) for r in failed})}"
+        assert {(status, code) for _, status, code in failed} <= {(503, "worker_restarting")}
+        assert httpx.get(f"{url}/ready", timeout=10).json()["worker_restarts"] >= 2

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr_server.engines.special_tokens import neutralize_special_tokens
+
+# The shortest clip an engine is given: 0.1 s at 16 kHz, OpenAI's minimum upload. The feature extractor
+# cannot frame fewer than 201 samples at all (its STFT pads 200 on each side).
+MIN_AUDIO_SAMPLES = 1_600
+
 
 @dataclass(frozen=True)
 class TranscribeItem:
@@ -18,6 +24,10 @@ class TranscribeItem:
     audio: np.ndarray
     language: str | None = None
     context: str = ""
+
+    def __post_init__(self) -> None:
+        # Built here, the one place every path (HTTP, streams, worker process, Ray) constructs an item.
+        object.__setattr__(self, "context", neutralize_special_tokens(self.context))
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,9 @@ class AlignItem:
     audio: np.ndarray
     text: str
     language: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", neutralize_special_tokens(self.text))
 
 
 @dataclass(frozen=True)

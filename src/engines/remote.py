@@ -26,10 +26,13 @@ from pydantic import SecretStr
 
 from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
-from asr_server.errors import EngineUnavailable, InferenceError
+from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError
 
 START_TIMEOUT_S = 120.0
 LOAD_TIMEOUT_S = 3600.0  # first load may download weights
+# A worker process that dies this many times in a row before it finishes loading is broken, not unlucky: from
+# then on its load failure is reported (503) instead of jobs waiting for a restart that never succeeds.
+MAX_START_ATTEMPTS = 3
 
 
 def _die_with_parent() -> None:
@@ -42,7 +45,13 @@ def _die_with_parent() -> None:
 
 
 class WorkerProcessDied(EngineUnavailable):
+    """The worker process died while it ran this batch: the batch's jobs fail (503)."""
+
     code = "worker_restarting"
+
+
+class WorkerProcessNotRunning(EngineRestarting):
+    """The worker process is down or starting: the batch was never sent, so its jobs wait in the queue."""
 
 
 # Always handed to the worker process, whatever the gateway's settings came from ("" = unset).
@@ -98,6 +107,7 @@ class RemoteEngine(Engine):
         # gateway's worker must keep as many in flight, and the httpx client is safe to share across threads.
         self.concurrency = remote_concurrency(settings)
         self.restarts = 0
+        self._failed_starts = 0  # consecutive starts that died before the model was loaded
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
         self._watcher.start()
@@ -120,7 +130,7 @@ class RemoteEngine(Engine):
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise EngineUnavailable(f"the worker process exited at start (code {self._process.returncode})")
+                raise WorkerProcessDied(f"the worker process exited at start (code {self._process.returncode})")
             try:
                 self._client.get("/health", timeout=1.0)
                 logger.info("worker process {} started", self._process.pid)
@@ -163,9 +173,22 @@ class RemoteEngine(Engine):
                         logger.error("restarting the worker process failed: {}", exc.message)
 
     def _start_and_load(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            self._spawn()
-        response = self._post("/load", timeout=LOAD_TIMEOUT_S, params={"warmup": str(self._settings.warmup).lower()})
+        try:
+            if self._process is None or self._process.poll() is not None:
+                self._spawn()
+            response = self._post(
+                "/load", timeout=LOAD_TIMEOUT_S, params={"warmup": str(self._settings.warmup).lower()}
+            )
+        except WorkerProcessDied as exc:  # killed while starting: try again, unless it keeps dying
+            self._failed_starts += 1
+            self.restarts += 1
+            if self._failed_starts >= MAX_START_ATTEMPTS:
+                raise EngineUnavailable(
+                    f"the worker process died {self._failed_starts} times in a row while starting: {exc.message}",
+                    code="worker_failed",
+                ) from exc
+            raise WorkerProcessNotRunning(f"the worker process is restarting ({exc.message})") from exc
+        self._failed_starts = 0
         body = response.json()
         self._supports_alignment = bool(body.get("supports_alignment"))
         self._describe = {k: v for k, v in body.items() if k not in ("loaded", "supports_alignment")}
@@ -175,9 +198,11 @@ class RemoteEngine(Engine):
     def _post(self, path: str, *, timeout: float, **kwargs: Any) -> httpx.Response:
         client = self._client
         if client is None:
-            raise WorkerProcessDied("the model worker process is not running; it is being restarted")
+            raise WorkerProcessNotRunning("the model worker process is not running; it is being restarted")
         try:
             response = client.post(path, timeout=timeout, **kwargs)
+        except httpx.ConnectError as exc:  # nothing reached the process: the work did not start
+            raise WorkerProcessNotRunning("the model worker process is down; it is being restarted") from exc
         except httpx.TransportError as exc:
             raise WorkerProcessDied("the model worker process stopped while serving this request; retry") from exc
         if response.status_code >= 400:
@@ -197,6 +222,9 @@ class RemoteEngine(Engine):
             self._want_loaded = True
             try:
                 self._start_and_load()
+            except EngineRestarting:
+                self._stop_process()  # the next load (a queued job's) starts a fresh one
+                raise
             except EngineUnavailable:
                 self._want_loaded = False
                 self._stop_process()
