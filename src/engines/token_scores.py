@@ -2,11 +2,11 @@
 
 qwen-asr calls `Qwen3ASRForConditionalGeneration.generate(**inputs, max_new_tokens=...)` and keeps only the
 decoded text. `GenerationRecorder.install` wraps that `generate` once (in the engine's `load()`): each call
-gets one more logits processor, which keeps the previous step's log-softmax and, at the next step, reads off
-the log-probability of the token that was chosen. Only one step's scores (batch × vocabulary) are held, not
-every step's, as `output_scores=True` would. The scores are those the decoder chose from: the model's logits
-after any processors its generation config asks for (none for Qwen3-ASR's greedy defaults, so these are the
-model's own probabilities).
+gets one more logits processor, which keeps the previous step's scores and their log-normaliser and, at the
+next step, reads off the log-probability of the token that was chosen. Only one step's scores (batch ×
+vocabulary) are held, not every step's, as `output_scores=True` would. The scores are those the decoder
+chose from: the model's logits after any processors its generation config asks for (none for Qwen3-ASR's
+greedy defaults, so these are the model's own probabilities).
 
 Rows come back in the order qwen-asr generated them (its chunks, in item order). Imported in `load()` only.
 """
@@ -25,20 +25,26 @@ DEFAULT_EOS = (151645, 151643)  # what Qwen3ASRForConditionalGeneration.generate
 
 
 class _ChosenTokenLogprobs(LogitsProcessor):
-    """Records log p(chosen token) per step; passes the scores through unchanged."""
+    """Records log p(chosen token) per step; passes the scores through unchanged.
+
+    It keeps the step's scores (a reference: the probe runs last and greedy decoding only reads them) and
+    their log-normaliser, so a log-probability costs one logsumexp per step, not a new batch × vocab tensor.
+    """
 
     def __init__(self) -> None:
-        self.previous: torch.Tensor | None = None  # log-softmax of the last step's scores, (batch, vocab)
+        self.previous: torch.Tensor | None = None  # the last step's scores, (batch, vocab)
+        self.normaliser: torch.Tensor | None = None  # their logsumexp, (batch,)
         self.steps: list[torch.Tensor] = []  # (batch,) per generated token
 
     def take(self, chosen: torch.Tensor) -> None:
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(-1, chosen.view(-1, 1).to(self.previous.device)).squeeze(-1))
-            self.previous = None
+        if self.previous is not None and self.normaliser is not None:
+            picked = self.previous.gather(-1, chosen.view(-1, 1).to(self.previous.device)).squeeze(-1)
+            self.steps.append(picked.float() - self.normaliser)
+            self.previous = self.normaliser = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         self.take(input_ids[:, -1])  # the token chosen from the previous step's scores
-        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        self.previous, self.normaliser = scores, torch.logsumexp(scores.float(), dim=-1)
         return scores
 
 
