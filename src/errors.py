@@ -55,6 +55,13 @@ class InvalidField(InvalidRequest):
     code = "invalid_value"
 
 
+class NotFound(InvalidRequest):
+    """What the request names does not exist (OpenAI answers an unknown model id so)."""
+
+    status_code = 404
+    code = "not_found"
+
+
 class AudioDecodeError(InvalidRequest):
     status_code = 400
     code = "invalid_audio"

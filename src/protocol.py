@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ResponseFormat(str, Enum):
@@ -18,6 +19,24 @@ class ResponseFormat(str, Enum):
 class TimestampGranularity(str, Enum):
     word = "word"
     segment = "segment"
+
+
+class TranscriptionInclude(str, Enum):
+    """`include[]` values: `logprobs` adds the text tokens' log-probabilities (response_format json)."""
+
+    logprobs = "logprobs"
+
+
+class ServerVadChunking(BaseModel):
+    """`chunking_strategy` as an object (OpenAI's `ChunkingStrategyVadConfig`). Accepted and validated; the
+    server always cuts long audio at its quietest points itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["server_vad"]
+    prefix_padding_ms: int | None = Field(default=None, ge=0)
+    silence_duration_ms: int | None = Field(default=None, ge=0)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class ModelCard(BaseModel):

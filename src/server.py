@@ -22,7 +22,7 @@ from asr_server.api import realtime, streaming, transcription, translation
 from asr_server.config import Settings
 from asr_server.dependencies import AppServices, ServicesDep
 from asr_server.engines import Engine, create_engine
-from asr_server.errors import ServiceError, error_envelope
+from asr_server.errors import NotFound, ServiceError, error_envelope
 from asr_server.logger import configure_logging, request_id_var
 from asr_server.metrics import Metrics, gpu_memory_bytes
 from asr_server.middleware import MULTIPART_SLACK_BYTES, BodySizeLimit, RequestContext
@@ -184,3 +184,15 @@ def _install_health_routes(app: FastAPI) -> None:
     @app.get("/v1/models", tags=["operations"], summary="The served model")
     async def models(services: ServicesDep) -> ModelList:
         return ModelList(data=[ModelCard(id=services.settings.resolved_model_id())])
+
+    # `:path`: model ids hold slashes ("Qwen/Qwen3-ASR-1.7B"; the SDKs percent-encode them, the router decodes).
+    @app.get("/v1/models/{model_id:path}", tags=["operations"], summary="The served model's card")
+    async def model_card(model_id: str, services: ServicesDep) -> ModelCard:
+        served = services.settings.resolved_model_id()
+        if model_id != served:
+            raise NotFound(
+                f"the model {model_id!r} does not exist; this server serves {served!r}",
+                param="model",
+                code="model_not_found",
+            )
+        return ModelCard(id=served)

@@ -28,6 +28,15 @@ class TranscriptionResult:
     text: str
     language: str | None  # the model's language name ("English"), None when unknown
     duration: float
+    transcript: Transcript | None = None  # the engine's, with its tokens
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of progressive text (with its joining space) and the engine output it came from."""
+
+    text: str
+    transcript: Transcript
 
 
 class TranscriptionService:
@@ -65,6 +74,7 @@ class TranscriptionService:
             text=transcript.text.strip(),
             language=transcript.language or language,
             duration=audio.duration,
+            transcript=transcript,
         )
 
     async def transcribe_progressively(
@@ -74,7 +84,7 @@ class TranscriptionService:
         language: str | None = None,
         context: str = "",
         segment_seconds: float = STREAM_SEGMENT_SECONDS,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[TextDelta]:
         """Yield text deltas in order, one per segment cut at quiet points; their concatenation is the text.
 
         All segments are queued at once (so they batch), and each delta is yielded as soon as it and
@@ -97,7 +107,7 @@ class TranscriptionService:
                 transcript: Transcript = await task
                 joined = join_pieces([emitted, transcript.text])
                 if len(joined) > len(emitted):
-                    yield joined[len(emitted) :]  # the new text, with its joining space
+                    yield TextDelta(joined[len(emitted) :], transcript)  # the new text, with its joining space
                     emitted = joined
         finally:
             for task in tasks:

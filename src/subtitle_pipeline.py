@@ -6,6 +6,8 @@ each chunk is transcribed and aligned on its own; offsets are added back. A chun
 falls back to fast timing, and the result lists it. Fast mode spreads each chunk's text over the speech
 the VAD finds in it.
 All model work goes through the queue (transcribe and align jobs batch with other requests).
+The VAD runs once per chunk: its frame probabilities give fast timing its speech regions and verbose_json
+its `no_speech_prob` (in accurate mode only when `measure_speech` asks for them).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from asr_server.cues import Cue
 from asr_server.engines import AlignedUnit, AlignItem, TranscribeItem, Transcript
 from asr_server.errors import ServiceError
 from asr_server.queue import PRIORITY_HTTP
+from asr_server.segments import SpeechFrames
 from asr_server.service import TranscriptionService
 from asr_server.subtitle import CueRules, WordTiming, build_cues, fast_timings, join_words, restore_punctuation
 from asr_server.text_layout import join_pieces
-from asr_server.vad import speech_regions, split_at_quiet_points
+from asr_server.vad import frame_probabilities, load_vad, regions_from_probabilities, split_at_quiet_points
 from asr_server.worker import JobKind
 
 # qwen-asr's MAX_FORCE_ALIGN_INPUT_SECONDS; chunks for timing never exceed it.
@@ -58,6 +61,8 @@ class TimedTranscription:
     cues: list[Cue]
     chunks: list[ChunkTiming] = field(default_factory=list)
     mode: SubtitleMode = SubtitleMode.fast
+    transcripts: list[Transcript] = field(default_factory=list)  # the engine's, one per chunk, in order
+    speech_frames: list[SpeechFrames] = field(default_factory=list)  # per chunk, where the VAD ran
 
     @property
     def fallback_chunks(self) -> list[int]:
@@ -72,9 +77,14 @@ def _majority_language(languages: list[str]) -> str | None:
     return max(set(named), key=named.count) if named else None
 
 
-def _fast_words(samples: np.ndarray, text: str, offset: float) -> list[WordTiming]:
-    regions = speech_regions(samples, SAMPLE_RATE)
-    return fast_timings(text, regions, offset=offset, duration=len(samples) / SAMPLE_RATE)
+def _speech_probabilities(samples: np.ndarray) -> np.ndarray:
+    return frame_probabilities(np.asarray(samples, dtype=np.float32), load_vad())
+
+
+def _fast_words(probabilities: np.ndarray, samples: np.ndarray, text: str, offset: float) -> list[WordTiming]:
+    duration = len(samples) / SAMPLE_RATE
+    regions = regions_from_probabilities(probabilities, duration) if len(samples) else []
+    return fast_timings(text, regions, offset=offset, duration=duration)
 
 
 def _aligned_words(units: list[AlignedUnit], text: str, offset: float) -> list[WordTiming]:
@@ -102,6 +112,7 @@ class SubtitlePipeline:
         mode: SubtitleMode,
         rules: CueRules,
         priority: int = PRIORITY_HTTP,
+        measure_speech: bool = False,
     ) -> TimedTranscription:
         samples = audio.samples
         ranges = split_at_quiet_points(samples, SAMPLE_RATE, self._chunk_seconds)
@@ -118,12 +129,14 @@ class SubtitlePipeline:
         chunk_languages = [t.language or language or "" for t in transcripts]
         timed = await asyncio.gather(
             *(
-                self._time_chunk(index, samples[a:b], a / SAMPLE_RATE, t.text.strip(), lang, mode, priority)
+                self._time_chunk(
+                    index, samples[a:b], a / SAMPLE_RATE, t.text.strip(), lang, mode, priority, measure_speech
+                )
                 for index, ((a, b), t, lang) in enumerate(zip(ranges, transcripts, chunk_languages, strict=True))
             )
         )
-        words = [word for chunk_words, _ in timed for word in chunk_words]
-        chunks = [chunk for _, chunk in timed]
+        words = [word for chunk_words, _, _ in timed for word in chunk_words]
+        chunks = [chunk for _, chunk, _ in timed]
         cues = await asyncio.to_thread(build_cues, words, audio.duration, rules)
         text = join_pieces(t.text for t in transcripts)
         return TimedTranscription(
@@ -134,6 +147,8 @@ class SubtitlePipeline:
             cues=cues,
             chunks=chunks,
             mode=mode,
+            transcripts=list(transcripts),
+            speech_frames=[frames for _, _, frames in timed if frames is not None],
         )
 
     async def _time_chunk(
@@ -145,10 +160,14 @@ class SubtitlePipeline:
         language: str,
         mode: SubtitleMode,
         priority: int,
-    ) -> tuple[list[WordTiming], ChunkTiming]:
+        measure_speech: bool,
+    ) -> tuple[list[WordTiming], ChunkTiming, SpeechFrames | None]:
         end = offset + len(samples) / SAMPLE_RATE
         used = mode
         words: list[WordTiming] = []
+        probabilities = None
+        if measure_speech or (text and mode == SubtitleMode.fast):
+            probabilities = await asyncio.to_thread(_speech_probabilities, samples)
         if text and mode == SubtitleMode.accurate:
             try:
                 units: list[AlignedUnit] = await self._service.submit(
@@ -163,7 +182,10 @@ class SubtitlePipeline:
                 logger.warning("aligner failed on chunk {} ({}); using fast timing for it", index, exc.message)
                 used = SubtitleMode.fast
         if text and used == SubtitleMode.fast:
-            words = await asyncio.to_thread(_fast_words, samples, text, offset)
+            if probabilities is None:  # accurate timing failed on this chunk
+                probabilities = await asyncio.to_thread(_speech_probabilities, samples)
+            words = await asyncio.to_thread(_fast_words, probabilities, samples, text, offset)
         if words and join_words(words).strip() == "":
             words = []
-        return words, ChunkTiming(index=index, start=offset, end=end, text=text, language=language, mode=used)
+        chunk = ChunkTiming(index=index, start=offset, end=end, text=text, language=language, mode=used)
+        return words, chunk, SpeechFrames(offset, probabilities) if probabilities is not None else None

@@ -208,8 +208,19 @@ def speech_regions(
     if samples.size == 0:
         return []
     probs = frame_probabilities(samples, vad if vad is not None else load_vad())
+    return regions_from_probabilities(
+        probs, samples.size / SAMPLE_RATE, threshold=threshold, min_silence_s=min_silence_s, pad_s=pad_s
+    )
+
+
+def regions_from_probabilities(
+    probs: np.ndarray, total_s: float, *, threshold: float = 0.5, min_silence_s: float = 0.3, pad_s: float = 0.1
+) -> list[tuple[float, float]]:
+    """`speech_regions` from `frame_probabilities` already computed (so a caller that also needs the
+    probabilities runs the detector once)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError("threshold must be between 0 and 1")
     frame_s = FRAME_SAMPLES / SAMPLE_RATE
-    total_s = samples.size / SAMPLE_RATE
     neg_threshold = max(threshold - 0.15, 0.01)
     raw: list[tuple[float, float]] = []
     start: float | None = None

@@ -84,7 +84,7 @@ def create_worker_app(engine: Engine) -> FastAPI:
             results = await run(engine.transcribe, items)
         except Exception as exc:
             return _error(exc)
-        return JSONResponse([{"text": r.text, "language": r.language} for r in results])
+        return JSONResponse([r.to_wire() for r in results])
 
     @app.post("/align")
     async def align(meta: Annotated[str, Form()], audio: Annotated[list[UploadFile], File()]) -> JSONResponse:

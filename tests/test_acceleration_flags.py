@@ -78,9 +78,12 @@ def test_missing_packages_name_their_extra(
 
 # ------------------------------------------------------------------------------- vLLM engine logic
 class _StubAsyncLLM:
-    """Stands in for vLLM's AsyncLLM: answers after a delay and records how many requests overlap."""
+    """Stands in for vLLM's AsyncLLM: answers after a delay and records how many requests overlap. Like vLLM,
+    its output has the generated token ids (end-of-sequence included) and, only when the sampling parameters
+    ask for `logprobs`, one {token id: Logprob} per position."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
         self.in_flight = 0
         self.most_in_flight = 0
         self.requests: list[dict[str, Any]] = []
@@ -95,17 +98,32 @@ class _StubAsyncLLM:
             audio, rate = request["multi_modal_data"]["audio"]
             forced = request["prompt"].endswith("<asr_text>")
             text = f"{len(audio) // rate} seconds" if forced else f"language English<asr_text>{len(audio) // rate} s"
-            yield SimpleNamespace(outputs=[SimpleNamespace(text=text)], finished=True)
+            ids = [*self.tokenizer.encode(text), self.tokenizer.eos_token_id]
+            logprobs = None
+            if sampling.get("logprobs") is not None:
+                logprobs = [{t: SimpleNamespace(logprob=-0.01 * (i + 1))} for i, t in enumerate(ids)]
+            output = SimpleNamespace(text=text, token_ids=ids, logprobs=logprobs)
+            yield SimpleNamespace(outputs=[output], finished=True)
         finally:
             self.in_flight -= 1
+
+    async def get_tokenizer(self) -> Any:
+        return self.tokenizer
 
     def shutdown(self) -> None:
         self.shut_down = True
 
 
+@pytest.fixture(scope="module")
+def checkpoint_tokenizer(hello_asr_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hello_asr_dir)
+
+
 @pytest.fixture
-def stub_vllm() -> Iterator[tuple[str, _StubAsyncLLM]]:
-    stub = _StubAsyncLLM()
+def stub_vllm(checkpoint_tokenizer: Any) -> Iterator[tuple[str, _StubAsyncLLM]]:
+    stub = _StubAsyncLLM(checkpoint_tokenizer)
     settings = _settings(use_vllm=True, max_batch_size=4, vllm_max_num_seqs=16, batch_wait_ms=5, preload=True)
     engine = VllmEngine(settings, engine_factory=lambda: stub)
     with running_server(create_app(settings, engine=engine)) as url:
@@ -133,8 +151,8 @@ def test_vllm_engine_keeps_several_batches_in_flight(stub_vllm: tuple[str, _Stub
     assert ready["engine"] == "vllm" and ready["path"] == "vllm" and ready["batches_in_flight"] == 4
 
 
-def test_vllm_engine_forced_language_and_prompt() -> None:
-    stub = _StubAsyncLLM()
+def test_vllm_engine_forced_language_and_prompt(checkpoint_tokenizer: Any) -> None:
+    stub = _StubAsyncLLM(checkpoint_tokenizer)
     engine = VllmEngine(_settings(use_vllm=True), engine_factory=lambda: stub)
     engine.load()
     try:
@@ -144,6 +162,15 @@ def test_vllm_engine_forced_language_and_prompt() -> None:
         engine.unload()
     assert [(r.language, r.text) for r in results] == [("English", "2 seconds"), ("English", "2 s")]
     assert stub.requests[0]["prompt"] == build_prompt("names: Ada", "English")
+    # Tokens: the text only (no "language English<asr_text>" prefix, no end-of-sequence), each with its score.
+    for result in results:
+        assert checkpoint_tokenizer.decode(list(result.tokens)) == result.text
+        assert b"".join(result.token_bytes).decode() == result.text
+        assert len(result.logprobs) == len(result.tokens) and all(lp < 0 for lp in result.logprobs)
+    forced_ids = checkpoint_tokenizer.encode("2 seconds")
+    assert results[0].logprobs == pytest.approx([-0.01 * (i + 1) for i in range(len(forced_ids))])
+    prefix = len(checkpoint_tokenizer.encode("language English<asr_text>"))
+    assert results[1].logprobs[0] == pytest.approx(-0.01 * (prefix + 1))
     assert stub.requests[0]["multi_modal_data"]["audio"][1] == 16_000
 
 
@@ -220,6 +247,9 @@ def test_vllm_engine_on_a_gpu(hello_asr_dir: Path) -> None:
     finally:
         engine.unload()
     assert [(r.language, r.text) for r in results] == [("English", "hello world")] * 8
+    for result in results:  # the real engine's tokens and scores (logprobs=0)
+        assert b"".join(result.token_bytes).decode().strip() == "hello world"
+        assert len(result.logprobs) == len(result.tokens) > 0 and all(lp <= 0 for lp in result.logprobs)
 
 
 @pytest.mark.gpu

@@ -11,10 +11,12 @@ import numpy as np
 import openai
 import pytest
 import srt
+from openai.types.audio import Transcription, TranscriptionVerbose
 
 from asr_server.config import Settings
 from asr_server.server import create_app
 
+from openai_strict import strict
 from support import encode, noise, running_server, speechlike, tone
 
 pytestmark = pytest.mark.slow
@@ -54,6 +56,32 @@ def test_exact_transcript_through_the_openai_sdk(hello_url: str) -> None:
     assert verbose.text == "hello world" and verbose.language == "english"
     assert verbose.duration == pytest.approx(7.0)
     assert verbose.segments and verbose.segments[-1].end <= 7.0
+
+
+def test_tokens_and_scores_are_the_models_own(hello_url: str, hello_asr_dir: Path) -> None:
+    """verbose_json segments and include[]=logprobs carry the generated text tokens (no language prefix, no
+    special tokens) and their log-probabilities, strictly in the SDK's shapes."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hello_asr_dir)
+    client = openai.OpenAI(base_url=f"{hello_url}/v1", api_key="x", max_retries=0)
+    for language in (None, "en"):  # the model names the language, or the prompt forces it
+        extra = {"language": language} if language else {}
+        raw = client.audio.transcriptions.with_raw_response.create(
+            model="qwen3-asr", file=("a.wav", encode(noise(4.0, seed=5))), response_format="verbose_json", **extra
+        )
+        verbose = strict(TranscriptionVerbose, raw.http_response.json())
+        tokens = [t for segment in verbose.segments or [] for t in segment.tokens]
+        assert tokenizer.decode(tokens) == "hello world"
+        for segment in verbose.segments or []:
+            assert tokenizer.decode(segment.tokens).strip() == segment.text
+            assert -20.0 < segment.avg_logprob <= 0.0  # a mean natural-log probability
+        scored = client.audio.transcriptions.with_raw_response.create(
+            model="qwen3-asr", file=("a.wav", encode(noise(4.0, seed=5))), include=["logprobs"], **extra
+        )
+        logprobs = strict(Transcription, scored.http_response.json()).logprobs or []
+        assert bytes(int(b) for lp in logprobs for b in lp.bytes or []).decode() == "hello world"
+        assert len(logprobs) == len(tokens) and all(lp.logprob is not None and lp.logprob <= 0 for lp in logprobs)
 
 
 def test_concurrent_requests_are_batched_and_all_correct(hello_url: str) -> None:

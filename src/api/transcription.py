@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -15,9 +16,10 @@ from asr_server.cues import to_srt, to_vtt
 from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.errors import InvalidField, PayloadTooLarge, ServiceError
 from asr_server.languages import language_code, normalize_language
-from asr_server.protocol import ResponseFormat, TimestampGranularity
+from asr_server.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
+from asr_server.segments import token_logprobs, verbose_segments
 from asr_server.service import TranscriptionResult
-from asr_server.subtitle import CueRules, segments_from_cues, words_payload
+from asr_server.subtitle import CueRules, words_payload
 from asr_server.subtitle_pipeline import SubtitleMode, TimedTranscription
 
 router = APIRouter(tags=["transcription"])
@@ -70,23 +72,58 @@ def _language_name(language: str | None) -> str | None:
     return language.lower() if language else None
 
 
-def format_plain(result: TranscriptionResult, response_format: ResponseFormat) -> Response:
+def duration_usage(seconds: float) -> dict[str, object]:
+    """OpenAI's usage for duration-billed models: whole seconds, rounded up."""
+    return {"type": "duration", "seconds": math.ceil(seconds)}
+
+
+def parse_chunking_strategy(value: str | None, form: Mapping[str, object]) -> str | ServerVadChunking | None:
+    """`chunking_strategy`: "auto", a JSON object, or the object's fields as `chunking_strategy[type]=...`
+    (how the OpenAI SDKs send an object in a multipart form)."""
+    fields = {
+        key[len("chunking_strategy[") : -1]: item
+        for key, item in form.items()
+        if key.startswith("chunking_strategy[") and key.endswith("]")
+    }
+    if value is None and not fields:
+        return None
+    if value is not None and fields:
+        raise InvalidField("send chunking_strategy either as a value or as fields, not both", param="chunking_strategy")
+    if value is not None and value.strip() == "auto":
+        return "auto"
+    try:
+        raw = json.loads(value) if value is not None else fields
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
+        return ServerVadChunking.model_validate(raw)
+    except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
+        raise InvalidField(
+            'chunking_strategy must be "auto" or an object {"type": "server_vad", "prefix_padding_ms", '
+            f'"silence_duration_ms", "threshold"}}: {exc}',
+            param="chunking_strategy",
+        ) from exc
+
+
+def format_plain(result: TranscriptionResult, response_format: ResponseFormat, *, logprobs: bool = False) -> Response:
     if response_format == ResponseFormat.text:
         return PlainTextResponse(result.text + "\n" if result.text else "")
-    return JSONResponse(
-        {
-            "text": result.text,
-            "language": _language_name(result.language),
-            "language_code": language_code(result.language),
-            "duration": round(result.duration, 3),
-        }
-    )
+    payload: dict[str, object] = {
+        "text": result.text,
+        "language": _language_name(result.language),
+        "language_code": language_code(result.language),
+        "duration": round(result.duration, 3),
+        "usage": duration_usage(result.duration),
+    }
+    if logprobs:
+        payload["logprobs"] = token_logprobs([result.transcript] if result.transcript else [])
+    return JSONResponse(payload)
 
 
 def format_timed(
     result: TimedTranscription,
     response_format: ResponseFormat,
     granularities: list[TimestampGranularity],
+    temperature: float = 0.0,
 ) -> Response:
     headers = {"X-Subtitle-Mode": result.mode.value}
     if result.fallback_chunks:
@@ -99,35 +136,43 @@ def format_timed(
         "language": _language_name(result.language),
         "duration": round(result.duration, 3),
         "text": result.text,
-        "segments": [
-            {**segment, "start": round(segment["start"], 3), "end": round(segment["end"], 3)}
-            for segment in segments_from_cues(result.cues)
-        ],
-        "subtitle_mode": result.mode.value,
-        "timing_fallback_chunks": result.fallback_chunks,
     }
+    if TimestampGranularity.segment in granularities:
+        payload["segments"] = verbose_segments(result.cues, result.transcripts, result.speech_frames, temperature)
     if TimestampGranularity.word in granularities:
         payload["words"] = words_payload(result.words)
+    payload.update(
+        usage=duration_usage(result.duration),
+        subtitle_mode=result.mode.value,
+        timing_fallback_chunks=result.fallback_chunks,
+    )
     return JSONResponse(payload, headers=headers)
 
 
 async def sse_transcription(
-    services: AppServices, audio: DecodedAudio, language: str | None, context: str
+    services: AppServices, audio: DecodedAudio, language: str | None, context: str, *, logprobs: bool = False
 ) -> AsyncIterator[bytes]:
-    """OpenAI's streaming shape: `transcript.text.delta` per finished segment, then `transcript.text.done`."""
+    """OpenAI's streaming shape: `transcript.text.delta` per finished segment, then `transcript.text.done`;
+    with `include[]=logprobs` each carries the log-probabilities of its tokens."""
 
     def event(payload: dict[str, object]) -> bytes:
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
     text = ""
+    scores: list[dict[str, object]] = []
     try:
         async for delta in services.transcription.transcribe_progressively(audio, language=language, context=context):
-            text += delta
-            yield event({"type": "transcript.text.delta", "delta": delta})
+            text += delta.text
+            payload: dict[str, object] = {"type": "transcript.text.delta", "delta": delta.text}
+            if logprobs:
+                piece = token_logprobs([delta.transcript])
+                payload["logprobs"] = piece
+                scores.extend(piece)
+            yield event(payload)
     except ServiceError as exc:  # mid-stream: the status line is gone, so the error is an event
         yield event({"type": "error", **exc.envelope()})
         return
-    yield event({"type": "transcript.text.done", "text": text})
+    yield event({"type": "transcript.text.done", "text": text, **({"logprobs": scores} if logprobs else {})})
 
 
 def resolve_mode(services: AppServices, requested: SubtitleMode | None) -> SubtitleMode:
@@ -155,7 +200,16 @@ async def transcribe(
     response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[
-        list[TimestampGranularity] | None, Form(alias="timestamp_granularities[]")
+        list[TimestampGranularity] | None,
+        Form(alias="timestamp_granularities[]", description="verbose_json only: segment (default) and/or word"),
+    ] = None,
+    include: Annotated[
+        list[TranscriptionInclude] | None,
+        Form(alias="include[]", description="logprobs: the tokens' log-probabilities (response_format json)"),
+    ] = None,
+    chunking_strategy: Annotated[
+        str | None,
+        Form(description='"auto" or a server_vad object; accepted, long audio is always cut at quiet points'),
     ] = None,
     subtitle_mode: Annotated[
         SubtitleMode | None,
@@ -171,6 +225,14 @@ async def transcribe(
         raise InvalidField("stream=true works with response_format json or text", param="stream")
     if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidField(f"prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt")
+    if timestamp_granularities and response_format != ResponseFormat.verbose_json:
+        raise InvalidField(
+            "timestamp_granularities[] needs response_format=verbose_json", param="timestamp_granularities"
+        )
+    logprobs = TranscriptionInclude.logprobs in (include or [])
+    if logprobs and response_format != ResponseFormat.json:
+        raise InvalidField("include[]=logprobs needs response_format=json", param="include")
+    parse_chunking_strategy(chunking_strategy, await request.form())
     language_name = normalize_language(language)
     timed = response_format in TIMED_FORMATS
     if timed:
@@ -179,7 +241,7 @@ async def transcribe(
     audio = await decode_upload(file, services)
     if stream:
         return StreamingResponse(
-            sse_transcription(services, audio, language_name, prompt or ""),
+            sse_transcription(services, audio, language_name, prompt or "", logprobs=logprobs),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -187,9 +249,13 @@ async def transcribe(
         result = await cancel_on_disconnect(
             request, services.transcription.transcribe(audio, language=language_name, context=prompt or "")
         )
-        return format_plain(result, response_format)
+        return format_plain(result, response_format, logprobs=logprobs)
+    granularities = timestamp_granularities or [TimestampGranularity.segment]
+    measure_speech = response_format == ResponseFormat.verbose_json and TimestampGranularity.segment in granularities
     timed_result = await cancel_on_disconnect(
         request,
-        services.subtitles.run(audio, language=language_name, context=prompt or "", mode=mode, rules=rules),
+        services.subtitles.run(
+            audio, language=language_name, context=prompt or "", mode=mode, rules=rules, measure_speech=measure_speech
+        ),
     )
-    return format_timed(timed_result, response_format, timestamp_granularities or [TimestampGranularity.segment])
+    return format_timed(timed_result, response_format, granularities, temperature)

@@ -8,7 +8,7 @@ cue and rebuilt locally, so the output always has the input's cues and timings.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -24,12 +24,15 @@ from asr_server.api.transcription import (
 )
 from asr_server.cues import Cue, SubtitleParseError, parse_srt, parse_vtt, to_srt, to_vtt
 from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
+from asr_server.engines import Transcript
 from asr_server.errors import EngineUnavailable as ServiceUnavailable
 from asr_server.errors import InvalidField, InvalidRequest, JobTimeout, ServiceError, UpstreamError
 from asr_server.languages import language_code, normalize_language
 from asr_server.protocol import ResponseFormat
+from asr_server.segments import SpeechFrames, compression_ratio, verbose_segments
 from asr_server.subtitle import segments_from_cues
 from asr_server.subtitle_pipeline import SubtitleMode
+from asr_server.text_layout import join_pieces
 from asr_server.translator import (
     TranslationTimeout,
     TranslationUnavailable,
@@ -55,6 +58,13 @@ class SourceDocument:
     cues: list[Cue] | None
     language: str | None  # ISO code when known
     duration: float | None
+    transcripts: list[Transcript] = field(default_factory=list)  # the engine's, for audio with timings
+    speech_frames: list[SpeechFrames] = field(default_factory=list)
+
+
+def _joined(cues: list[Cue]) -> str:
+    """The one text of a cue list: lines and cues joined as transcript pieces are (a space, none by CJK)."""
+    return join_pieces(segment["text"] for segment in segments_from_cues(cues))
 
 
 def _extension(name: str | None) -> str:
@@ -76,7 +86,7 @@ def _parse_text_upload(data: bytes, ext: str) -> SourceDocument:
         raise InvalidRequest(str(exc), param="file", code="invalid_subtitles") from exc
     if not cues:
         raise InvalidRequest(f"the .{ext} file has no cues", param="file", code="invalid_subtitles")
-    return SourceDocument(text="\n".join(c.text for c in cues), cues=cues, language=None, duration=None)
+    return SourceDocument(text=_joined(cues), cues=cues, language=None, duration=None)
 
 
 def _translation_error(exc: Exception, document: SourceDocument) -> ServiceError:
@@ -116,11 +126,21 @@ async def _source_from_audio(
     timed_result = await cancel_on_disconnect(
         request,
         services.subtitles.run(
-            audio, language=source_language, context=prompt, mode=resolved, rules=cue_rules(*rules_args)
+            audio,
+            language=source_language,
+            context=prompt,
+            mode=resolved,
+            rules=cue_rules(*rules_args),
+            measure_speech=True,
         ),
     )
     document = SourceDocument(
-        timed_result.text, timed_result.cues, language_code(timed_result.language), timed_result.duration
+        timed_result.text,
+        timed_result.cues,
+        language_code(timed_result.language),
+        timed_result.duration,
+        timed_result.transcripts,
+        timed_result.speech_frames,
     )
     return document, resolved
 
@@ -136,6 +156,7 @@ async def translate_upload(
     prompt: str | None,
     subtitle_mode: SubtitleMode | None,
     rules_args: CueRuleFields,
+    temperature: float = 0.0,
 ) -> Response:
     started = time.monotonic()
     try:
@@ -181,7 +202,7 @@ async def translate_upload(
                 request, translator.translate_cues(document.cues, target, document.language, deadline_s=deadline)
             )
             cues, untranslated = outcome.cues, outcome.untranslated
-            text = "\n".join(cue.text.replace("\n", " ") for cue in cues)
+            text = _joined(cues)
         else:
             cues = None
             text = await cancel_on_disconnect(
@@ -193,7 +214,20 @@ async def translate_upload(
         raise _translation_error(exc, document) from exc
     same = is_same_language(document.language, target)
     services.metrics.translation_calls.labels("skipped_same_language" if same else "ok").inc()
-    return _format(document, text, cues, untranslated, target, response_format, mode_used)
+    return _format(document, text, cues, untranslated, target, response_format, mode_used, temperature)
+
+
+def _translated_segments(document: SourceDocument, cues: list[Cue], temperature: float) -> list[dict[str, object]]:
+    """OpenAI segments of the translation. Tokens, avg_logprob and no_speech_prob are the speech
+    recognition's for the source segment (the LLM that translated reports none); without audio (a subtitle
+    upload) there are no tokens and no_speech_prob is 0.0."""
+    source = verbose_segments(document.cues or [], document.transcripts, document.speech_frames, temperature)
+    if not document.speech_frames:
+        source = [{**segment, "no_speech_prob": 0.0} for segment in source]
+    return [  # the translated cues keep the source cues' times
+        {**src, "text": seg["text"], "compression_ratio": compression_ratio(seg["text"]), "source_text": src["text"]}
+        for seg, src in zip(segments_from_cues(cues), source, strict=True)
+    ]
 
 
 def _format(
@@ -204,6 +238,7 @@ def _format(
     target: str,
     response_format: ResponseFormat,
     mode: SubtitleMode | None,
+    temperature: float,
 ) -> Response:
     headers: dict[str, str] = {"X-Target-Language": target}
     if untranslated:
@@ -225,15 +260,13 @@ def _format(
     if document.duration is not None:
         payload["duration"] = round(document.duration, 3)
     if response_format == ResponseFormat.verbose_json and cues is not None:
-        source_segments = segments_from_cues(document.cues or [])
         payload.update(
             task="translate",
             language=TARGET_NAMES[target],
-            segments=[
-                {**seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3), "source_text": src["text"]}
-                for seg, src in zip(segments_from_cues(cues), source_segments, strict=True)
-            ],
+            segments=_translated_segments(document, cues, temperature),
         )
+        # A subtitle upload has no audio: its duration is where its last cue ends.
+        payload.setdefault("duration", round(max(cue.end for cue in cues), 3) if cues else 0.0)
     return JSONResponse(payload, headers=headers)
 
 
@@ -286,4 +319,5 @@ async def openai_translations(
         prompt=prompt,
         subtitle_mode=None,
         rules_args=(None, None, None, None),
+        temperature=temperature,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,36 @@ class TranscribeItem:
 
 @dataclass(frozen=True)
 class Transcript:
+    """One clip's result. The token fields cover the transcript text only (what the model generated after
+    `<asr_text>`: no language prefix, no special tokens), in order; they are empty when an engine cannot
+    report them. `token_bytes[i]` is token i's UTF-8 bytes (a character may span tokens), `logprobs[i]` its
+    natural-log probability under the model."""
+
     text: str
     language: str  # the model's language name ("English"); "" when the model said none
+    tokens: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    token_bytes: tuple[bytes, ...] = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-safe form for the gateway's worker process (bytes as lists of ints)."""
+        return {
+            "text": self.text,
+            "language": self.language,
+            "tokens": list(self.tokens),
+            "logprobs": list(self.logprobs),
+            "token_bytes": [list(b) for b in self.token_bytes],
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Transcript:
+        return cls(
+            text=data["text"],
+            language=data["language"],
+            tokens=tuple(data.get("tokens", ())),
+            logprobs=tuple(data.get("logprobs", ())),
+            token_bytes=tuple(bytes(b) for b in data.get("token_bytes", ())),
+        )
 
 
 @dataclass(frozen=True)

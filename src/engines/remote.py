@@ -256,7 +256,7 @@ class RemoteEngine(Engine):
             [i.audio for i in items], [{"language": i.language, "context": i.context} for i in items]
         )
         response = self._post("/transcribe", timeout=self._settings.request_timeout, **payload)
-        return [Transcript(text=r["text"], language=r["language"]) for r in response.json()]
+        return [Transcript.from_wire(r) for r in response.json()]
 
     @property
     def supports_alignment(self) -> bool:

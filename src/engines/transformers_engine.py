@@ -54,6 +54,8 @@ class TransformersEngine(Engine):
         self._speculative: Any = None  # SpeculativeGenerator when USE_SPECULATIVE=1
         self._quantized: Any = None  # QuantizationResult when QUANTIZE is int8/fp8
         self._memory_plan: Any = None  # MemoryPlan when GPU_MEMORY_LIMIT_GB caps a CUDA device
+        self._recorder: Any = None  # GenerationRecorder: token ids and log-probabilities of each generate row
+        self._token_text: Any = None  # TokenText: the transcript part of a row, and token bytes
 
     # --- lifecycle ---------------------------------------------------------------------------
     @property
@@ -108,8 +110,18 @@ class TransformersEngine(Engine):
         if self._settings.gpu_memory_limit_gb and device.startswith("cuda"):
             self._memory_plan = plan_gpu_memory(torch, device, self._settings, model)
             install_memory_plan(self._model, self._memory_plan)
+        self._install_recorder()
         logger.info("loaded {} in {:.1f} s: {}", self._model_id, time.perf_counter() - started, self.describe()["path"])
         del torch
+
+    def _install_recorder(self) -> None:
+        """Wrap the final `generate` (the model's, or the speculative generator's) to keep token scores."""
+        from asr_server.engines.token_scores import GenerationRecorder
+        from asr_server.engines.token_text import TokenText
+
+        self._recorder = GenerationRecorder()
+        self._recorder.install(self._model.model)
+        self._token_text = TokenText(self._model.processor.tokenizer)
 
     def _attention_kernels(self, torch: Any, device: str) -> str:
         """Resolve ATTN_IMPLEMENTATION; on CUDA also apply TF32 and cuDNN benchmark (process-wide switches)."""
@@ -177,6 +189,7 @@ class TransformersEngine(Engine):
         self._encoder = None
         self._speculative = None
         self._quantized = self._memory_plan = None
+        self._recorder = self._token_text = None
         gc.collect()
         import torch
 
@@ -187,12 +200,44 @@ class TransformersEngine(Engine):
     def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
         if self._model is None:
             raise EngineUnavailable("the model is not loaded")
+        self._recorder.take()  # nothing left from a call that raised
         results = self._model.transcribe(
             audio=[(item.audio, SAMPLE_RATE) for item in items],
             context=[item.context for item in items],
             language=[item.language for item in items],
         )
-        return [Transcript(text=r.text or "", language=r.language or "") for r in results]
+        rows = self._recorder.take()
+        per_item = self._rows_per_item(items, len(rows))
+        transcripts = []
+        for item, result in zip(items, results, strict=True):
+            text = result.text or ""
+            item_rows = [rows.pop(0) for _ in range(per_item.pop(0))] if per_item else []
+            parts = [self._token_text.text_part(row, bool(item.language)) for row in item_rows]
+            tokens = [token for part in parts for token in part.tokens] if text.strip() else []
+            scored = all(len(part.logprobs) == len(part.tokens) for part in parts)
+            transcripts.append(
+                Transcript(
+                    text=text,
+                    language=result.language or "",
+                    tokens=tuple(tokens),
+                    logprobs=tuple(lp for part in parts for lp in part.logprobs) if tokens and scored else (),
+                    token_bytes=tuple(self._token_text.token_bytes(tokens)),
+                )
+            )
+        return transcripts
+
+    @staticmethod
+    def _rows_per_item(items: list[TranscribeItem], rows: int) -> list[int]:
+        """How many generated rows (qwen-asr chunks) belong to each item; [] when that cannot be told."""
+        if rows == len(items):
+            return [1] * rows
+        from qwen_asr.inference.utils import MAX_ASR_INPUT_SECONDS, split_audio_into_chunks
+
+        counts = [
+            len(split_audio_into_chunks(wav=item.audio, sr=SAMPLE_RATE, max_chunk_sec=MAX_ASR_INPUT_SECONDS))
+            for item in items
+        ]
+        return counts if sum(counts) == rows else []
 
     @property
     def supports_alignment(self) -> bool:

@@ -9,13 +9,17 @@ vLLM together, bounded by VLLM_MAX_NUM_SEQS.
 
 Neither qwen_asr nor its transformers pin is needed: the prompt is the published chat template's
 rendering and the output parsing is a copy of qwen-asr's (a test checks both against qwen-asr), so the
-results are in the same format as the transformers engine's. vllm is imported in `load()` only.
+results are in the same format as the transformers engine's. Each request asks for `logprobs=0` (the
+sampled token's log-probability only), so transcripts carry their text tokens and scores; the tokenizer
+that tells the text tokens apart comes from the engine (`get_tokenizer()`, as vLLM's own OpenAI server
+gets it). vllm is imported in `load()` only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import itertools
 import threading
 from collections.abc import Callable
@@ -26,6 +30,7 @@ from loguru import logger
 
 from asr_server.config import Settings
 from asr_server.engines.base import Engine, TranscribeItem, Transcript
+from asr_server.engines.token_text import GeneratedRow, TokenText
 from asr_server.errors import EngineUnavailable
 
 SAMPLE_RATE = 16_000
@@ -60,6 +65,7 @@ class VllmEngine(Engine):
         self._factory = engine_factory
         self._llm: Any = None
         self._sampling: Any = None
+        self._token_text: TokenText | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._request_ids = itertools.count()
@@ -86,7 +92,9 @@ class VllmEngine(Engine):
         thread = threading.Thread(target=loop.run_forever, name="vllm-loop", daemon=True)
         thread.start()
         try:
-            self._llm, self._sampling = asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+            self._llm, self._sampling, self._token_text = asyncio.run_coroutine_threadsafe(
+                self._start(), loop
+            ).result()
         except Exception as exc:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
@@ -97,11 +105,13 @@ class VllmEngine(Engine):
         self._loop, self._thread = loop, thread
         logger.info("vLLM engine ready: {}", self.describe())
 
-    async def _start(self) -> tuple[Any, Any]:
+    async def _start(self) -> tuple[Any, Any, TokenText]:
         """Create the async engine inside its own loop (it binds its output handler to the running loop)."""
         s = self._settings
         if self._factory is not None:
-            return self._factory(), {"temperature": 0.0, "max_tokens": s.max_new_tokens}
+            llm = self._factory()
+            sampling: Any = {"temperature": 0.0, "max_tokens": s.max_new_tokens, "logprobs": 0}
+            return llm, sampling, TokenText(await _engine_tokenizer(llm, self._model_id))
         from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
 
         seconds = min(s.max_audio_seconds, MAX_PIECE_SECONDS)
@@ -113,11 +123,14 @@ class VllmEngine(Engine):
             max_model_len=int(seconds * AUDIO_TOKENS_PER_SECOND) + s.max_new_tokens + PROMPT_ALLOWANCE,
             limit_mm_per_prompt={"audio": 1},
         )
-        return AsyncLLMEngine.from_engine_args(args), SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens)
+        llm = AsyncLLMEngine.from_engine_args(args)
+        sampling = SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens, logprobs=0)
+        return llm, sampling, TokenText(await _engine_tokenizer(llm, self._model_id))
 
     def unload(self) -> None:
         llm, loop, thread = self._llm, self._loop, self._thread
         self._llm = self._loop = self._thread = None
+        self._token_text = None
         if llm is not None and hasattr(llm, "shutdown"):
             llm.shutdown()  # stops vLLM's engine-core process and frees the GPU
         if loop is not None and thread is not None:
@@ -144,10 +157,24 @@ class VllmEngine(Engine):
         step = MAX_PIECE_SECONDS * SAMPLE_RATE
         pieces = [item.audio[i : i + step] for i in range(0, max(len(item.audio), 1), step)]
         raw = await asyncio.gather(*(self._generate(piece, item.context, language) for piece in pieces))
-        parsed = [parse_asr_output(text, language) for text in raw]
-        return Transcript(text="".join(t for _, t in parsed), language=merge_languages([lang for lang, _ in parsed]))
+        parsed = [parse_asr_output(text, language) for text, _ in raw]
+        token_text = self._token_text
+        parts = [
+            token_text.text_part(row, language is not None) if token_text is not None and text else GeneratedRow([], [])
+            for (_, row), (_, text) in zip(raw, parsed, strict=True)
+        ]
+        tokens = [token for part in parts for token in part.tokens]
+        scored = all(len(part.logprobs) == len(part.tokens) for part in parts)
+        return Transcript(
+            text="".join(t for _, t in parsed),
+            language=merge_languages([lang for lang, _ in parsed]),
+            tokens=tuple(tokens),
+            logprobs=tuple(lp for part in parts for lp in part.logprobs) if scored else (),
+            token_bytes=tuple(token_text.token_bytes(tokens)) if token_text is not None else (),
+        )
 
-    async def _generate(self, audio: np.ndarray, context: str, language: str | None) -> str:
+    async def _generate(self, audio: np.ndarray, context: str, language: str | None) -> tuple[str, GeneratedRow]:
+        """The raw output text, and its token ids with the sampled tokens' log-probabilities."""
         request = {
             "prompt": build_prompt(context, language),
             "multi_modal_data": {"audio": (np.asarray(audio, dtype=np.float32), SAMPLE_RATE)},
@@ -155,7 +182,14 @@ class VllmEngine(Engine):
         final: Any = None
         async for output in self._llm.generate(request, self._sampling, f"asr-{next(self._request_ids)}"):
             final = output
-        return final.outputs[0].text if final is not None and final.outputs else ""
+        if final is None or not final.outputs:
+            return "", GeneratedRow([], [])
+        output = final.outputs[0]
+        token_ids = [int(t) for t in output.token_ids]
+        # One {token id: Logprob} per position; with logprobs=0 it holds the sampled token only.
+        entries = output.logprobs or []
+        logprobs = [float(entry[t].logprob) for entry, t in zip(entries, token_ids, strict=False) if t in entry]
+        return output.text, GeneratedRow(token_ids, logprobs if len(logprobs) == len(token_ids) else [])
 
     def describe(self) -> dict[str, object]:
         return {
@@ -167,6 +201,18 @@ class VllmEngine(Engine):
             "max_num_seqs": self._settings.vllm_max_num_seqs,
             "batches_in_flight": self.concurrency,
         }
+
+
+async def _engine_tokenizer(llm: Any, model_id: str) -> Any:
+    """The engine's own tokenizer (`get_tokenizer()`, a coroutine on AsyncLLM); the model's from transformers
+    where an engine version has no such call."""
+    getter = getattr(llm, "get_tokenizer", None)
+    if getter is not None:
+        tokenizer = getter()
+        return await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_id)
 
 
 # ------------------------------------------------------------------ output parsing (copy of qwen-asr's)

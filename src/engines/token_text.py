@@ -1,0 +1,56 @@
+"""The transcript part of a generated token sequence, and each token's UTF-8 bytes (any engine).
+
+Qwen3-ASR writes "language X<asr_text>text"; with a forced language the prompt already ends with
+`<asr_text>` and the output is the text alone. Byte-level BPE tokens are strings with one character per
+byte (GPT-2's byte-to-unicode table), so their bytes are read back exactly, partial UTF-8 characters
+included. transformers is imported when a `TokenText` is made (engines do so in `load()`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ASR_TEXT_TOKEN = "<asr_text>"
+
+
+@dataclass(frozen=True)
+class GeneratedRow:
+    """One generated sequence: its new token ids up to (not including) the end-of-sequence token, and
+    their log-probabilities (empty when the generator gave no scores, e.g. speculative decoding)."""
+
+    tokens: list[int]
+    logprobs: list[float]
+
+
+class TokenText:
+    """Splits a generated row into its transcript-text part and gives each token's UTF-8 bytes."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+        self._tokenizer = tokenizer
+        self._asr_text_id = tokenizer.convert_tokens_to_ids(ASR_TEXT_TOKEN)
+        self._special = set(tokenizer.all_special_ids)
+        self._byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+
+    def text_part(self, row: GeneratedRow, forced_language: bool) -> GeneratedRow:
+        """The tokens after `<asr_text>` (all of them when the prompt already ended with it, or when the
+        model wrote no tag: qwen-asr then takes the whole output as text), special tokens dropped."""
+        start = 0
+        if not forced_language and self._asr_text_id in row.tokens:
+            start = row.tokens.index(self._asr_text_id) + 1
+        keep = [i for i in range(start, len(row.tokens)) if row.tokens[i] not in self._special]
+        return GeneratedRow(
+            tokens=[row.tokens[i] for i in keep],
+            logprobs=[row.logprobs[i] for i in keep] if row.logprobs else [],
+        )
+
+    def token_bytes(self, tokens: list[int]) -> list[bytes]:
+        out = []
+        for piece in self._tokenizer.convert_ids_to_tokens(tokens):
+            if all(char in self._byte_of for char in piece):  # byte-level BPE: one char per byte
+                out.append(bytes(self._byte_of[char] for char in piece))
+            else:  # an added token written as plain text
+                out.append(piece.encode())
+        return out
