@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import tracemalloc
 
+import httpx
 import numpy as np
 import pytest
 
 from asr_server.audio import DecodeLimits, decode_audio
+from asr_server.config import Settings
 from asr_server.errors import AudioDecodeError, PayloadTooLarge
+from asr_server.server import create_app
 
 from hostile_media import corrupt_middle, pyav_encode, silent_soundfile, wav, wav_header_only
+from support import running_server
 
 MIB = 1024 * 1024
 
@@ -134,3 +138,19 @@ def test_mp3_cut_in_half_reports_the_loss() -> None:
     data = pyav_encode(4.0, 44_100, container="mp3", codec="libmp3lame")
     audio = decode_audio(data[: len(data) // 2], "half.mp3")
     assert audio.warning is not None and audio.declared_duration == pytest.approx(4.0, abs=0.05)
+
+
+def test_a_truncated_upload_is_transcribed_with_an_audio_warning_header() -> None:
+    data = wav(2.0)
+    settings = Settings(asr_engine="fake", log_level="WARNING")
+    with running_server(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
+        whole, cut, broken = (
+            http.post("/v1/audio/transcriptions", files={"file": ("a.wav", upload)})
+            for upload in (data, data[: len(data) // 2], data[:200])
+        )
+    assert whole.status_code == 200 and "x-audio-warning" not in whole.headers
+    assert cut.status_code == 200, cut.text
+    assert "1.00 s of the 2.00 s" in cut.headers["x-audio-warning"]
+    assert cut.json()["duration"] == pytest.approx(1.0, abs=0.01)
+    assert broken.status_code == 400
+    assert broken.json()["error"]["code"] == "invalid_audio" and broken.json()["error"]["param"] == "file"

@@ -9,12 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from loguru import logger
 
 from asr_server.audio import DecodedAudio, decode_audio
 from asr_server.cues import to_srt, to_vtt
 from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.errors import InvalidField, PayloadTooLarge, ServiceError
 from asr_server.languages import language_code, normalize_language
+from asr_server.middleware import note_audio_warning
 from asr_server.protocol import ResponseFormat, TimestampGranularity
 from asr_server.service import TranscriptionResult
 from asr_server.subtitle import CueRules, segments_from_cues, words_payload
@@ -39,7 +41,11 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
 async def decode_upload(file: UploadFile, services: AppServices) -> DecodedAudio:
     settings = services.settings
     data = await read_upload(file, settings.max_upload_bytes)
-    return await asyncio.to_thread(decode_audio, data, file.filename, max_seconds=settings.max_audio_seconds)
+    audio = await asyncio.to_thread(decode_audio, data, file.filename, max_seconds=settings.max_audio_seconds)
+    if audio.warning:  # transcribed anyway (part of the speech is better than none), but never silently
+        logger.warning("upload {!r}: {}", file.filename, audio.warning)
+        note_audio_warning(audio.warning)
+    return audio
 
 
 def cue_rules(
