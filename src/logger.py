@@ -68,7 +68,8 @@ class InterceptHandler(logging.Handler):
 
 def _patcher(redact: Callable[[str], str]) -> Callable[[Any], None]:
     def patch(record: Any) -> None:
-        record["extra"].setdefault("request_id", request_id_var.get())
+        # A client's X-Request-ID is echoed on every line: it could be anything, a key included.
+        record["extra"]["request_id"] = redact(str(record["extra"].get("request_id", request_id_var.get())))
         record["message"] = redact(record["message"])
 
     return patch
