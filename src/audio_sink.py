@@ -117,14 +117,23 @@ class MonoSink:
         if out.size == 0:
             return
         if self._max_samples is not None and self._size + out.size > self._max_samples:
+            self._discard()
             raise too_long(self._max_seconds)
         if not np.isfinite(out).all():
+            self._discard()
             raise AudioDecodeError("the audio contains invalid (NaN/inf) samples", param="file")
         if self._buffer is not None and not self._chunks and self._size + out.size <= len(self._buffer):
             self._buffer[self._size : self._size + out.size] = out
         else:
             self._chunks.append(out.copy() if out.base is not None else out)
         self._size += out.size
+
+
+    def _discard(self) -> None:
+        """Drop the output before raising: a traceback keeps this sink alive until its frames are collected."""
+        self._chunks.clear()
+        self._buffer = None
+        self._resampler = None
 
 
 def _stream_resampler(source_rate: int) -> Any:
