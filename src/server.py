@@ -148,7 +148,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "X-Subtitle-Mode", "X-Subtitle-Fallback-Chunks", "X-Untranslated-Cues"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Subtitle-Mode",
+                "X-Subtitle-Fallback-Chunks",
+                "X-Untranslated-Cues",
+                "X-Audio-Warning",
+            ],
         )
     # Added last = outermost: the request id covers everything, error responses included.
     app.add_middleware(RequestContext, metrics=metrics)
