@@ -92,8 +92,10 @@ def _decode_with_soundfile(data: bytes, max_seconds: float | None, limits: Decod
                 return None
             limits.check(sound.channels, sound.samplerate)
             declared = _soundfile_declared_seconds(sound)
-            _check_declared(declared, max_seconds)
-            sink = MonoSink(max_seconds, expected_seconds=declared)
+            # What the file holds (libsndfile's clamped count) bounds the work; the header's claim only the warning.
+            present = None if sound.frames >= _UNKNOWN_FRAMES else sound.frames / sound.samplerate
+            _check_declared(present, max_seconds)
+            sink = MonoSink(max_seconds, expected_seconds=present)
             block = np.empty((limits.block_frames(sound.samplerate), sound.channels), dtype=np.float32)
             while True:
                 read = sound.read(out=block)

@@ -154,3 +154,13 @@ def test_a_truncated_upload_is_transcribed_with_an_audio_warning_header() -> Non
     assert cut.json()["duration"] == pytest.approx(1.0, abs=0.01)
     assert broken.status_code == 400
     assert broken.json()["error"]["code"] == "invalid_audio" and broken.json()["error"]["param"] == "file"
+
+
+def test_a_header_that_overstates_the_length_is_judged_by_what_the_file_holds() -> None:
+    data = bytearray(wav(2.0))
+    assert data[36:40] == b"data"
+    data[40:44] = (3000 * 16_000 * 2).to_bytes(4, "little")  # the header now claims 3,000 s
+    audio = decode_audio(bytes(data), "claims.wav", max_seconds=1200)
+    assert audio.duration == pytest.approx(2.0, abs=0.01)
+    assert audio.declared_duration == pytest.approx(3000, rel=0.01)
+    assert audio.warning is not None and "3000.00 s" in audio.warning
