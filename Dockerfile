@@ -32,8 +32,10 @@ RUN apt-get update \
     && chown asr:asr /models
 COPY --from=build /opt/venv /opt/venv
 # HF_HOME: downloaded weights live on the /models volume and survive container restarts.
+# MALLOC_ARENA_MAX=2: decoding threads would each grow a malloc arena that keeps freed memory resident.
 ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/models \
+    MALLOC_ARENA_MAX=2 \
     HOST=0.0.0.0 \
     PORT=8000 \
     PYTHONUNBUFFERED=1

@@ -9,6 +9,35 @@ import sys
 from asr_server.config import Settings, settings_table
 
 WS_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# File descriptors kept free of connections: model shards, log files, the worker's pipes, sockets to the LLM.
+RESERVED_FILE_DESCRIPTORS = 128
+# Where the hard limit is "unlimited", raise to this rather than to a number the kernel refuses.
+UNLIMITED_NOFILE_CAP = 1 << 20
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (allowed without privileges); the soft limit in effect.
+
+    The usual soft default, 1,024, lets a peer holding a thousand idle connections starve the process of
+    descriptors (then /health, log writes and model loading fail too)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = UNLIMITED_NOFILE_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # e.g. above the kernel's nr_open: keep the soft limit we have
+    return UNLIMITED_NOFILE_CAP if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_limit(settings: Settings, open_files: int) -> int:
+    """MAX_CONNECTIONS, or what the open-file limit allows after the reserve."""
+    if settings.max_connections:
+        return settings.max_connections
+    return max(16, open_files - RESERVED_FILE_DESCRIPTORS)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -34,13 +63,15 @@ def _serve(args: argparse.Namespace) -> int:
         from asr_server.ray_serve import serve_on_ray
 
         return serve_on_ray(settings)
+    max_connections = connection_limit(settings, raise_open_file_limit())
     if settings.use_granian:
-        return _serve_granian(settings, overrides)
+        return _serve_granian(settings, overrides, max_connections)
     import uvicorn
 
     from asr_server.server import create_app
 
     # log_config=None: logging is configured by create_app (loguru), not by uvicorn.
+    # http="h11": httptools has no bound on a request's head, so an endless header would grow without limit.
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -48,14 +79,20 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         ws_max_size=WS_MAX_MESSAGE_BYTES,
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        limit_concurrency=max_connections,
+        backlog=settings.backlog,
     )
     return 0
 
 
-def _serve_granian(settings: Settings, overrides: dict[str, str]) -> int:
+def _serve_granian(settings: Settings, overrides: dict[str, str], max_connections: int) -> int:
     try:
         from granian import Granian
         from granian.constants import Interfaces
+        from granian.http import HTTP1Settings
     except ImportError:
         print("USE_GRANIAN=1 needs the 'granian' extra: pip install 'qwen3-asr-server[granian]'", file=sys.stderr)
         return 2
@@ -69,6 +106,9 @@ def _serve_granian(settings: Settings, overrides: dict[str, str]) -> int:
         port=settings.port,
         websockets=True,
         log_enabled=False,
+        backlog=settings.backlog,
+        backpressure=max_connections,
+        http1_settings=HTTP1Settings(max_buffer_size=settings.max_header_bytes),
     ).serve()
     return 0
 

@@ -88,6 +88,21 @@ class Settings(BaseSettings):
     use_granian: bool = False
     """Serve with Granian (extra `granian`) instead of uvicorn."""
 
+    max_header_bytes: int = Field(default=65536, ge=8192)
+    """Largest request head (request line and headers) in bytes; a longer one gets 400 and the connection is
+    closed (uvicorn runs its h11 parser for this bound; Granian's `max_buffer_size`)."""
+
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    """Seconds an idle keep-alive connection stays open after a response."""
+
+    max_connections: int = Field(default=0, ge=0)
+    """Most open connections and WebSocket streams; beyond it requests get 503 (uvicorn's `limit_concurrency`,
+    Granian's `backpressure`). 0 = the open-file limit (raised to its hard limit at start) less 128 kept for
+    model files, logs and the worker process."""
+
+    backlog: int = Field(default=2048, ge=1)
+    """Connections the kernel queues before the server accepts them."""
+
     request_timeout: float = Field(default=300.0, gt=0)
     """Seconds a request may wait in the queue and run before it is answered with 504."""
 

@@ -1,9 +1,11 @@
-"""Pure ASGI middleware: request ids and access metrics, and the upload size limit."""
+"""Pure ASGI middleware: request ids and access metrics, the upload size limit, and notes on a response."""
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 from loguru import logger
@@ -15,6 +17,27 @@ from asr_server.metrics import Metrics
 
 # Multipart overhead allowed on top of MAX_UPLOAD_MB before the body is cut off.
 MULTIPART_SLACK_BYTES = 64 * 1024
+AUDIO_WARNING_HEADER = b"x-audio-warning"
+
+
+@dataclass
+class ResponseNotes:
+    """What a handler learnt that the response's headers should say, whatever formats the body."""
+
+    audio_warning: str | None = None
+
+
+# Holds one mutable ResponseNotes per request: a handler fills it in, RequestContext reads it when headers go out.
+response_notes_var: contextvars.ContextVar[ResponseNotes | None] = contextvars.ContextVar(
+    "response_notes", default=None
+)
+
+
+def note_audio_warning(warning: str) -> None:
+    """Send `X-Audio-Warning: <warning>` with the current request's response (truncated or damaged audio)."""
+    notes = response_notes_var.get()
+    if notes is not None:
+        notes.audio_warning = warning
 
 
 class BodySizeLimit:
@@ -77,6 +100,8 @@ class RequestContext:
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if 0 < len(incoming) <= 128 and incoming.isprintable() else uuid.uuid4().hex[:16]
         token = request_id_var.set(rid)
+        notes = ResponseNotes()
+        notes_token = response_notes_var.set(notes)
         started = time.perf_counter()
         status = 0
 
@@ -84,7 +109,10 @@ class RequestContext:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                extra = [(b"x-request-id", rid.encode("latin-1"))]
+                if notes.audio_warning:
+                    extra.append((AUDIO_WARNING_HEADER, notes.audio_warning.encode("latin-1", "replace")))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
@@ -110,4 +138,5 @@ class RequestContext:
                 status,
                 elapsed * 1000,
             )
+            response_notes_var.reset(notes_token)
             request_id_var.reset(token)

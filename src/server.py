@@ -92,7 +92,9 @@ def translator_config(settings: Settings) -> TranslatorConfig:
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the application. `engine` overrides the one `ASR_ENGINE` names (tests, embedding)."""
     settings = settings or Settings()
-    configure_logging(settings.log_level, settings.log_json, settings.log_file)
+    keys = load_api_keys(settings)
+    secrets = [key.decode("utf-8", "replace") for key in keys] + [settings.openai_api_key.get_secret_value()]
+    configure_logging(settings.log_level, settings.log_json, settings.log_file, secrets=secrets)
     metrics = Metrics()
     queue = PriorityInferQueue(settings.queue_max, aging_s=settings.queue_aging_s)
     worker = ModelWorker(settings, engine or create_engine(settings), queue, metrics)
@@ -136,7 +138,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.services = services
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_SLACK_BYTES)
-    keys = load_api_keys(settings)
     if keys:
         open_paths = {"/health"} | ({"/metrics"} if settings.metrics_public else set())
         open_paths |= {"/ready"} if settings.ready_public else set()
@@ -147,7 +148,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "X-Subtitle-Mode", "X-Subtitle-Fallback-Chunks", "X-Untranslated-Cues"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Subtitle-Mode",
+                "X-Subtitle-Fallback-Chunks",
+                "X-Untranslated-Cues",
+                "X-Audio-Warning",
+            ],
         )
     # Added last = outermost: the request id covers everything, error responses included.
     app.add_middleware(RequestContext, metrics=metrics)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 
 from asr_server.cues import Cue
-from asr_server.text_layout import breaks_anywhere, wrap_lines
+from asr_server.text_layout import wrap_lines
 from asr_server.translation.languages import (
     SUPPORTED_TARGETS,
     TARGET_NAMES,
@@ -31,6 +31,7 @@ from asr_server.translation.languages import (
     normalize_target_language,
 )
 from asr_server.translation.prompts import BadAnswer, Kind, build_messages, parse_translations
+from asr_server.translation.text import batch_ranges, join_lines, rebuild_text, split_sentences
 
 if TYPE_CHECKING:  # the SDK is imported when translation is configured: ~30 MB an idle server need not hold
     import openai
@@ -40,6 +41,7 @@ __all__ = [
     "TARGET_NAMES",
     "BadAnswer",
     "CueTranslation",
+    "TranslationAnswerRefused",
     "TranslationError",
     "TranslationTimeout",
     "TranslationUnavailable",
@@ -53,6 +55,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# An answer may be this many times its batch's source (Chinese to English grows ~3x; JSON and ids add more) and
+# at least MIN_ANSWER_CHARS; a longer one is refused before any text work, so one answer costs bounded CPU.
+ANSWER_CHARS_PER_SOURCE_CHAR = 8
+MIN_ANSWER_CHARS = 4096
 
 # ----------------------------------------------------------------------------------------------- errors
 
@@ -67,6 +73,10 @@ class TranslatorNotConfigured(TranslationError):
 
 class TranslationUnavailable(TranslationError):
     """The LLM is unreachable or kept failing after retries: map to 502."""
+
+
+class TranslationAnswerRefused(TranslationUnavailable):
+    """The LLM answered something unusable as a whole (not text, not a chat completion, far too long): 502."""
 
 
 class TranslationTimeout(TranslationError):
@@ -123,58 +133,6 @@ class CueTranslation:
     untranslated: list[int]
 
 
-# ---------------------------------------------------------------------------------------- text helpers
-
-
-def _join_lines(lines: Iterable[str]) -> str:
-    """Join lines into one: a space between words, nothing between two Chinese/Japanese characters
-    (Korean separates words with spaces, so Hangul gets one)."""
-    out = ""
-    for raw in lines:
-        line = raw.strip()
-        if not line:
-            continue
-        if out and not (breaks_anywhere(out[-1]) and breaks_anywhere(line[0])):
-            out += " "
-        out += line
-    return out
-
-
-_SENTENCE_BREAK = re.compile(
-    r"(?<=[.!?…])\s+|(?<=[。！？；])(?![”’」』）\"'])\s*|(?<=[。！？；][”’」』）\"'])\s*"
-)
-
-
-def _split_sentences(paragraph: str, max_chars: int) -> list[str]:
-    """Sentences of a paragraph, each at most `max_chars` (long ones cut at spaces, else hard)."""
-    pieces: list[str] = []
-    for sentence in filter(None, (s.strip() for s in _SENTENCE_BREAK.split(paragraph))):
-        while len(sentence) > max_chars:
-            cut = sentence.rfind(" ", 1, max_chars + 1)
-            cut = cut if cut > 0 else max_chars
-            pieces.append(sentence[:cut].strip())
-            sentence = sentence[cut:].strip()
-        if sentence:
-            pieces.append(sentence)
-    return pieces
-
-
-def _batch_ranges(
-    items: Sequence[tuple[int, str]], size: int, max_chars: int | None
-) -> list[tuple[int, int]]:
-    """Consecutive [start, end) ranges of at most `size` items and (when given) about `max_chars`."""
-    ranges: list[tuple[int, int]] = []
-    start = chars = 0
-    for k, (_, text) in enumerate(items):
-        if k > start and (k - start >= size or (max_chars is not None and chars + len(text) > max_chars)):
-            ranges.append((start, k))
-            start, chars = k, 0
-        chars += len(text)
-    if start < len(items):
-        ranges.append((start, len(items)))
-    return ranges
-
-
 async def _gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:
     """Like gather, but the first failure cancels the siblings (no orphan LLM calls keep running)."""
     tasks = [asyncio.ensure_future(aw) for aw in aws]
@@ -196,6 +154,24 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
         except (KeyError, ValueError):
             continue
     return None
+
+
+def _message_text(response: object, base_url: str | None) -> str:
+    """The first choice's text. A body that is no chat completion, or content that is not text, fails the
+    request (502, source kept): it is a broken endpoint, and retrying it batch by batch only multiplies calls."""
+    try:
+        content = response.choices[0].message.content  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError, KeyError) as exc:
+        raise TranslationAnswerRefused(
+            f"the translation model at {base_url} did not answer a chat completion ({type(response).__name__})"
+        ) from exc
+    if content is None:
+        return ""  # no text (e.g. a refusal or a tool call): the batch is treated as a bad answer
+    if not isinstance(content, str):
+        raise TranslationAnswerRefused(
+            f"the translation model at {base_url} answered a {type(content).__name__} as the message, not text"
+        )
+    return content
 
 
 # ------------------------------------------------------------------------------------------ translator
@@ -253,25 +229,14 @@ class Translator:
         if is_same_language(source, lang):
             return text
         self._require_client()
-        chunks = re.split(r"(\s*\n\s*)", text.strip())
-        paragraphs = [_split_sentences(p, self._config.text_batch_chars) for p in chunks[::2]]
-        items = [(n, s) for n, s in enumerate((s for p in paragraphs for s in p), start=1)]
+        # Text work on user input (up to MAX_UPLOAD_MB) runs in a thread: the event loop keeps serving.
+        chunks, paragraphs, items, ranges = await asyncio.to_thread(self._plan_text, text)
         if not items:
             return text
-        ranges = _batch_ranges(items, self._config.batch_size, self._config.text_batch_chars)
         done = await self._run(items, ranges, lang, source, "text", deadline_s)
         if len(done) < len(items):
-            logger.warning(
-                "translation: {} of {} sentences kept their source text", len(items) - len(done), len(items)
-            )
-        out, ident = [], 1
-        for k, sentences in enumerate(paragraphs):
-            translated = [done.get(ident + j, s) for j, s in enumerate(sentences)]
-            ident += len(sentences)
-            out.append(_join_lines(translated))
-            if 2 * k + 1 < len(chunks):
-                out.append("\n" * chunks[2 * k + 1].count("\n"))
-        return "".join(out)
+            logger.warning("translation: {} of {} sentences kept their source text", len(items) - len(done), len(items))
+        return await asyncio.to_thread(rebuild_text, chunks, paragraphs, done)
 
     async def translate_cues(
         self, cues: list[Cue], target: str, source: str | None = None, *, deadline_s: float | None = None
@@ -281,11 +246,38 @@ class Translator:
         if is_same_language(source, lang):
             return CueTranslation(cues=list(cues), untranslated=[])
         self._require_client()
-        # A cue's line breaks are layout, not meaning: the LLM sees one line per cue, ids are positions.
-        texts = [_join_lines(cue.text.splitlines()) for cue in cues]
-        items = [(k + 1, text) for k, text in enumerate(texts) if text]
-        ranges = _batch_ranges(items, self._config.batch_size, None)
+        texts, items, ranges = await asyncio.to_thread(self._plan_cues, cues)
         done = await self._run(items, ranges, lang, source, "cues", deadline_s) if items else {}
+        outcome = await asyncio.to_thread(self._rebuild_cues, cues, texts, done)
+        if outcome.untranslated:
+            logger.warning("translation: cues {} kept their source text", outcome.untranslated)
+        return outcome
+
+    # -- internals
+
+    def _require_client(self) -> openai.AsyncOpenAI:
+        if self._closed:
+            raise RuntimeError("this Translator has been closed")
+        if self._client is None:
+            raise TranslatorNotConfigured(
+                "translation is not configured: set OPENAI_BASE_URL (an OpenAI-compatible endpoint) and TRANSLATE_MODEL"
+            )
+        return self._client
+
+    def _plan_text(self, text: str) -> tuple[list[str], list[list[str]], list[tuple[int, str]], list[tuple[int, int]]]:
+        """Paragraph separators, each paragraph's sentences, numbered sentences and their batches."""
+        chunks = re.split(r"(\s*\n\s*)", text.strip())
+        paragraphs = [split_sentences(p, self._config.text_batch_chars) for p in chunks[::2]]
+        items = [(n, s) for n, s in enumerate((s for p in paragraphs for s in p), start=1)]
+        return chunks, paragraphs, items, batch_ranges(items, self._config.batch_size, self._config.text_batch_chars)
+
+    def _plan_cues(self, cues: list[Cue]) -> tuple[list[str], list[tuple[int, str]], list[tuple[int, int]]]:
+        # A cue's line breaks are layout, not meaning: the LLM sees one line per cue, ids are positions.
+        texts = [join_lines(cue.text.splitlines()) for cue in cues]
+        items = [(k + 1, text) for k, text in enumerate(texts) if text]
+        return texts, items, batch_ranges(items, self._config.batch_size, None)
+
+    def _rebuild_cues(self, cues: list[Cue], texts: list[str], done: dict[int, str]) -> CueTranslation:
         result: list[Cue] = []
         untranslated: list[int] = []
         for k, cue in enumerate(cues):
@@ -296,25 +288,11 @@ class Translator:
                 result.append(cue)
             else:
                 result.append(replace(cue, text=self._layout(translation)))
-        if untranslated:
-            logger.warning("translation: cues {} kept their source text", untranslated)
         return CueTranslation(cues=result, untranslated=untranslated)
-
-    # -- internals
-
-    def _require_client(self) -> openai.AsyncOpenAI:
-        if self._closed:
-            raise RuntimeError("this Translator has been closed")
-        if self._client is None:
-            raise TranslatorNotConfigured(
-                "translation is not configured: set OPENAI_BASE_URL (an OpenAI-compatible endpoint) "
-                "and TRANSLATE_MODEL"
-            )
-        return self._client
 
     def _layout(self, translation: str) -> str:
         """Re-lay out a translation's lines for the target script and the configured line limits."""
-        joined = _join_lines(translation.splitlines())
+        joined = join_lines(translation.splitlines())
         lines = wrap_lines(joined, max_width=self._config.max_line_width, max_lines=self._config.max_lines)
         return "\n".join(lines) or joined
 
@@ -350,8 +328,15 @@ class Translator:
         batch = items[a:b]
         context = [text for _, text in items[max(0, a - self._config.context_cues) : a]]
         content = await self._complete(build_messages(batch, context, target, source, kind, strict))
+        source_chars = sum(len(text) for _, text in batch)
+        allowed = max(MIN_ANSWER_CHARS, ANSWER_CHARS_PER_SOURCE_CHAR * source_chars)
+        if len(content) > allowed:
+            raise TranslationAnswerRefused(
+                f"the translation model answered {len(content):,} characters for {source_chars:,} source characters "
+                f"(ids {batch[0][0]}-{batch[-1][0]}); at most {allowed:,} are accepted"
+            )
         try:
-            return parse_translations(content, [ident for ident, _ in batch])
+            return await asyncio.to_thread(parse_translations, content, [ident for ident, _ in batch])
         except BadAnswer as exc:
             logger.warning(
                 "translation: bad answer for ids {}-{} ({}); retrying smaller", batch[0][0], batch[-1][0], exc
@@ -371,6 +356,7 @@ class Translator:
         """One chat completion's text, retrying 408/409/429/5xx, connection errors and timeouts."""
         client = self._require_client()
         import openai  # already loaded: a client exists
+
         cfg = self._config
         extra: dict[str, Any] = {}
         if cfg.temperature is not None:
@@ -390,29 +376,22 @@ class Translator:
             except openai.APITimeoutError as exc:
                 if last:
                     raise TranslationTimeout(
-                        f"the translation model did not answer within {cfg.timeout_s} s "
-                        f"({attempt + 1} attempts)"
+                        f"the translation model did not answer within {cfg.timeout_s} s ({attempt + 1} attempts)"
                     ) from exc
             except openai.APIConnectionError as exc:
                 if last:
-                    raise TranslationUnavailable(
-                        f"cannot reach the translation model at {cfg.base_url}"
-                    ) from exc
+                    raise TranslationUnavailable(f"cannot reach the translation model at {cfg.base_url}") from exc
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if last or not (status in (408, 409, 429) or status >= 500):
                     raise TranslationUnavailable(
-                        f"the translation model at {cfg.base_url} answered HTTP {status} "
-                        f"({attempt + 1} attempts)"
+                        f"the translation model at {cfg.base_url} answered HTTP {status} ({attempt + 1} attempts)"
                     ) from exc
                 retry_after = _retry_after(exc)
-            except openai.APIError as exc:  # e.g. a body that is not a chat completion
+            except (openai.APIError, ValueError) as exc:  # e.g. a body that is not JSON
                 raise TranslationUnavailable(f"the translation model failed: {exc}") from exc
             else:
-                try:
-                    return response.choices[0].message.content or ""
-                except (AttributeError, IndexError, TypeError):
-                    return ""  # no usable message: the batch is treated as a bad answer
+                return _message_text(response, cfg.base_url)
             if retry_after is not None and retry_after > 0:
                 delay = min(retry_after, cfg.max_backoff_s)
             else:

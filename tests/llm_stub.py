@@ -20,11 +20,13 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 # Items whose text contains this word are the ones "missing" drops and "merged" folds into a neighbour.
 POISON = "xyzzy"
+
+HUGE_CHARS = 1_000_000
 
 BEHAVIOURS = {
     "correct": "plain JSON, one entry per id",
@@ -41,6 +43,11 @@ BEHAVIOURS = {
     "429-then-ok": "HTTP 429 with Retry-After on the first request, then correct",
     "500": "HTTP 500, always",
     "401": "HTTP 401, always",
+    "huge": f"a correct answer whose texts add up to {HUGE_CHARS:,} characters",
+    "content-number": "a completion whose message content is a number",
+    "content-list": "a completion whose message content is a list",
+    "garbage-body": "HTTP 200 with bytes that are not JSON (content-type application/json)",
+    "not-a-completion": "HTTP 200 with a JSON list instead of a chat completion",
 }
 SLOW_S = 3.0
 
@@ -162,7 +169,9 @@ class LLMStub:
             with self._lock:
                 self._in_flight -= 1
 
-    async def _respond(self, model: str, system: str, items: list[tuple[int, str]], first: bool) -> JSONResponse:
+    async def _respond(self, model: str, system: str, items: list[tuple[int, str]], first: bool) -> Response:
+        if model in _NOT_TEXT:
+            return _NOT_TEXT[model](items)
         if model == "500":
             return _error(500, "server_error", "the model crashed")
         if model == "401":
@@ -179,6 +188,8 @@ class LLMStub:
             entries = [e for e, (_, text) in zip(entries, items, strict=True) if POISON not in text]
         if model == "merged":
             entries = _merge_poison(entries, items)
+        if model == "huge":
+            entries = [{"id": e["id"], "text": "blah " * (HUGE_CHARS // 5 // len(entries))} for e in entries]
         answer = json.dumps({"translations": entries}, ensure_ascii=False)
         if model == "fenced":
             answer = f"```json\n{answer}\n```"
@@ -205,7 +216,15 @@ def _merge_poison(entries: list[dict[str, Any]], items: list[tuple[int, str]]) -
     return out
 
 
-def _completion(model: str, content: str) -> dict[str, Any]:
+_NOT_TEXT: dict[str, Any] = {
+    "content-number": lambda items: JSONResponse(_completion("content-number", 12345)),
+    "content-list": lambda items: JSONResponse(_completion("content-list", [{"id": i, "text": t} for i, t in items])),
+    "garbage-body": lambda items: Response(b"\x00\x9f garbage {[", media_type="application/json"),
+    "not-a-completion": lambda items: JSONResponse([1, 2, 3]),
+}
+
+
+def _completion(model: str, content: Any) -> dict[str, Any]:
     return {
         "id": "chatcmpl-stub",
         "object": "chat.completion",

@@ -10,12 +10,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from loguru import logger
 
 from asr_server.audio import DecodedAudio, decode_audio
 from asr_server.cues import to_srt, to_vtt
 from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.errors import InvalidField, PayloadTooLarge, ServiceError
 from asr_server.languages import language_code, normalize_language
+from asr_server.middleware import note_audio_warning
 from asr_server.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
 from asr_server.segments import token_logprobs, verbose_segments
 from asr_server.service import TranscriptionResult
@@ -41,7 +43,11 @@ async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
 async def decode_upload(file: UploadFile, services: AppServices) -> DecodedAudio:
     settings = services.settings
     data = await read_upload(file, settings.max_upload_bytes)
-    return await asyncio.to_thread(decode_audio, data, file.filename, max_seconds=settings.max_audio_seconds)
+    audio = await asyncio.to_thread(decode_audio, data, file.filename, max_seconds=settings.max_audio_seconds)
+    if audio.warning:  # transcribed anyway (part of the speech is better than none), but never silently
+        logger.warning("upload {!r}: {}", file.filename, audio.warning)
+        note_audio_warning(audio.warning)
+    return audio
 
 
 def cue_rules(
@@ -104,7 +110,9 @@ def parse_chunking_strategy(value: str | None, form: Mapping[str, object]) -> st
         ) from exc
 
 
-def format_plain(result: TranscriptionResult, response_format: ResponseFormat, *, logprobs: bool = False) -> Response:
+def format_plain(
+    result: TranscriptionResult, response_format: ResponseFormat, *, logprobs: bool = False, warning: str | None = None
+) -> Response:
     if response_format == ResponseFormat.text:
         return PlainTextResponse(result.text + "\n" if result.text else "")
     payload: dict[str, object] = {
@@ -116,6 +124,8 @@ def format_plain(result: TranscriptionResult, response_format: ResponseFormat, *
     }
     if logprobs:
         payload["logprobs"] = token_logprobs([result.transcript] if result.transcript else [])
+    if warning:  # the X-Audio-Warning header says the same; a body field survives proxies and SDK parsing
+        payload["warnings"] = [warning]
     return JSONResponse(payload)
 
 
@@ -124,6 +134,7 @@ def format_timed(
     response_format: ResponseFormat,
     granularities: list[TimestampGranularity],
     temperature: float = 0.0,
+    warning: str | None = None,
 ) -> Response:
     headers = {"X-Subtitle-Mode": result.mode.value}
     if result.fallback_chunks:
@@ -146,6 +157,8 @@ def format_timed(
         subtitle_mode=result.mode.value,
         timing_fallback_chunks=result.fallback_chunks,
     )
+    if warning:
+        payload["warnings"] = [warning]
     return JSONResponse(payload, headers=headers)
 
 
@@ -249,7 +262,7 @@ async def transcribe(
         result = await cancel_on_disconnect(
             request, services.transcription.transcribe(audio, language=language_name, context=prompt or "")
         )
-        return format_plain(result, response_format, logprobs=logprobs)
+        return format_plain(result, response_format, logprobs=logprobs, warning=audio.warning)
     granularities = timestamp_granularities or [TimestampGranularity.segment]
     measure_speech = response_format == ResponseFormat.verbose_json and TimestampGranularity.segment in granularities
     timed_result = await cancel_on_disconnect(
@@ -258,4 +271,4 @@ async def transcribe(
             audio, language=language_name, context=prompt or "", mode=mode, rules=rules, measure_speech=measure_speech
         ),
     )
-    return format_timed(timed_result, response_format, granularities, temperature)
+    return format_timed(timed_result, response_format, granularities, temperature, warning=audio.warning)

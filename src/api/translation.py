@@ -7,6 +7,7 @@ cue and rebuilt locally, so the output always has the input's cues and timings.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -176,7 +177,8 @@ async def translate_upload(
     ext = _extension(file.filename)
     mode_used: SubtitleMode | None = None
     if ext in TEXT_EXTENSIONS:
-        document = _parse_text_upload(await read_upload(file, services.settings.max_upload_bytes), ext)
+        data = await read_upload(file, services.settings.max_upload_bytes)
+        document = await asyncio.to_thread(_parse_text_upload, data, ext)  # megabytes of text: off the event loop
         document.language = language_code(source_name)
         if timed and document.cues is None:
             raise InvalidField(
