@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 from fastapi import FastAPI, File, UploadFile
 
-from asr_server.audio import DecodedAudio
 from asr_server.config import Settings
+from asr_server.media.audio import DecodedAudio
 from asr_server.server import create_app
 from asr_server.testing import running_server
 

@@ -59,8 +59,8 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from asr_server.engines.ray_engine import APP_NAME
-    from asr_server.ray_serve import build_application, resolve_settings
+    from asr_server.engines.ray.engine import APP_NAME
+    from asr_server.engines.ray.serve import build_application, resolve_settings
 
     base: dict[str, Any] = {
         "model_id": str(_checkpoint()),

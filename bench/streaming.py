@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from common import bench_checkpoint
 from stream_file import StreamResult, percentile, stream_samples
 
-from asr_server.audio import resample
 from asr_server.config import Settings
+from asr_server.media.audio import resample
 from asr_server.server import create_app
 from asr_server.testing import free_port
 

@@ -19,7 +19,7 @@ from common import bench_checkpoint, noise_clips
 from asr_server.config import Settings
 from asr_server.engines import TranscribeItem
 from asr_server.engines.transformers_engine import TransformersEngine
-from asr_server.vad import frame_probabilities, load_vad
+from asr_server.media.vad import frame_probabilities, load_vad
 
 
 def main() -> None:

@@ -60,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"asr-server: {exc.message}", file=sys.stderr)
         return 2
     if settings.use_ray:
-        from asr_server.ray_serve import serve_on_ray
+        from asr_server.engines.ray.serve import serve_on_ray
 
         return serve_on_ray(settings)
     max_connections = connection_limit(settings, raise_open_file_limit())

@@ -26,7 +26,7 @@ _TEXT_FORMAT = (
 )
 
 REDACTED = "[redacted]"
-# How clients send keys (see asr_server.security): query parameters, Authorization and X-API-Key headers, and the
+# How clients send keys (see asr_server.api.security): query parameters, Authorization and X-API-Key headers, and the
 # OpenAI Realtime subprotocol. Each pattern keeps its name and replaces the value.
 _CREDENTIAL_PATTERNS = (
     re.compile(r"(?i)((?:api[_-]?key|access[_-]?token)=)[^\s&\"'#]+"),

@@ -19,18 +19,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr_server import __version__
 from asr_server.api import realtime, streaming, transcription, translation
+from asr_server.api.dependencies import AppServices, ServicesDep
+from asr_server.api.middleware import MULTIPART_SLACK_BYTES, BodySizeLimit, RequestContext
+from asr_server.api.protocol import ModelCard, ModelList
+from asr_server.api.security import APIKeyAuth, load_api_keys
 from asr_server.config import Settings
-from asr_server.dependencies import AppServices, ServicesDep
 from asr_server.engines import Engine, create_engine
 from asr_server.errors import NotFound, ServiceError, error_envelope
 from asr_server.logger import configure_logging, request_id_var
 from asr_server.metrics import Metrics, gpu_memory_bytes
-from asr_server.middleware import MULTIPART_SLACK_BYTES, BodySizeLimit, RequestContext
-from asr_server.protocol import ModelCard, ModelList
 from asr_server.queue import PriorityInferQueue
-from asr_server.security import APIKeyAuth, load_api_keys
-from asr_server.service import TranscriptionService
-from asr_server.subtitle_pipeline import SubtitlePipeline
+from asr_server.services.subtitles import SubtitlePipeline
+from asr_server.services.transcription import TranscriptionService
 from asr_server.translator import Translator, TranslatorConfig
 from asr_server.worker import EngineState, ModelWorker
 

@@ -17,8 +17,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from asr_server.cues import Cue
-from asr_server.text_layout import (
+from asr_server.text.cues import Cue
+from asr_server.text.layout import (
     SENTENCE_END,
     LineFit,
     attach_gaps,

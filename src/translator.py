@@ -21,16 +21,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from loguru import logger
 
-from asr_server.cues import Cue
-from asr_server.text_layout import wrap_lines
-from asr_server.translation.languages import (
+from asr_server.text.cues import Cue
+from asr_server.text.layout import wrap_lines
+from asr_server.translation.prompts import BadAnswer, Kind, build_messages, parse_translations
+from asr_server.translation.target_languages import (
     SUPPORTED_TARGETS,
     TARGET_NAMES,
     UnsupportedLanguageError,
     is_same_language,
     normalize_target_language,
 )
-from asr_server.translation.prompts import BadAnswer, Kind, build_messages, parse_translations
 from asr_server.translation.text import batch_ranges, join_lines, rebuild_text, split_sentences
 
 if TYPE_CHECKING:  # the SDK is imported when translation is configured: ~30 MB an idle server need not hold

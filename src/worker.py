@@ -25,9 +25,9 @@ from loguru import logger
 from asr_server.config import Settings
 from asr_server.engines import AlignItem, Engine, TranscribeItem, Transcript
 from asr_server.engines.base import MIN_AUDIO_SAMPLES
+from asr_server.engines.oom import halves, is_out_of_memory, too_large
 from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError, ServiceError
 from asr_server.metrics import Metrics
-from asr_server.oom import halves, is_out_of_memory, too_large
 from asr_server.queue import Job, PriorityInferQueue
 
 # Seconds before a failed model load is tried again; in between, jobs fail fast with the reason.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_server.fpenv import reset_floating_point_env
+from asr_server.engines.fpenv import reset_floating_point_env
 
 # ====================================================================================================
 # Tiny local Qwen3-ASR / Qwen3-ForcedAligner checkpoints, built by scripts/make_tiny_checkpoint.py.

@@ -8,9 +8,9 @@ import httpx
 import numpy as np
 import pytest
 
-from asr_server.audio import DecodeLimits, decode_audio
 from asr_server.config import Settings
 from asr_server.errors import AudioDecodeError, PayloadTooLarge
+from asr_server.media.audio import DecodeLimits, decode_audio
 from asr_server.server import create_app
 
 from hostile_media import corrupt_middle, pyav_encode, silent_soundfile, wav, wav_header_only

@@ -9,7 +9,7 @@ import webvtt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_server.cues import Cue, parse_srt, parse_vtt, srt_timestamp, to_srt, to_vtt, vtt_timestamp
+from asr_server.text.cues import Cue, parse_srt, parse_vtt, srt_timestamp, to_srt, to_vtt, vtt_timestamp
 
 line = st.text(
     alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\r\n"), min_size=1

@@ -113,7 +113,7 @@ def test_settings_given_in_code_reach_the_worker_process(hello_asr_dir: Path) ->
 
 
 def test_the_gateway_keeps_as_many_batches_in_flight_as_the_worker_engine_takes() -> None:
-    from asr_server.engines.remote import remote_concurrency, worker_environment
+    from asr_server.engines.gateway.engine import remote_concurrency, worker_environment
 
     vllm = Settings(gateway_mode=True, use_vllm=True, max_batch_size=8, vllm_max_num_seqs=64, api_keys=["k"])
     assert remote_concurrency(vllm) == 8

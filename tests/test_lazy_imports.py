@@ -37,7 +37,7 @@ def test_language_table_matches_qwen_asr() -> None:
     """Our copy of the supported languages (kept to avoid importing qwen_asr) must not drift."""
     from qwen_asr.inference.utils import SUPPORTED_LANGUAGES
 
-    from asr_server.languages import LANGUAGE_BY_CODE
+    from asr_server.text.languages import LANGUAGE_BY_CODE
 
     assert sorted(LANGUAGE_BY_CODE.values()) == sorted(SUPPORTED_LANGUAGES)
 
@@ -46,7 +46,7 @@ def test_floating_point_env_is_restored_after_importing_qwen_asr() -> None:
     """nagisa (imported by qwen_asr) turns on flush-to-zero; reset_floating_point_env (run by the engine) undoes it."""
     code = (
         "import qwen_asr\n"
-        "from asr_server.fpenv import reset_floating_point_env, subnormals_flushed\n"
+        "from asr_server.engines.fpenv import reset_floating_point_env, subnormals_flushed\n"
         "before = subnormals_flushed()\n"
         "reset_floating_point_env()\n"
         "print(before, subnormals_flushed())\n"

@@ -17,8 +17,8 @@ from asr_server.config import Settings
 from asr_server.engines import TranscribeItem, Transcript
 from asr_server.engines.fake import FakeEngine
 from asr_server.engines.hardware import GIB, MemoryPlan, activation_cost, install_memory_plan, physical_cores
+from asr_server.engines.oom import RequestTooLarge, halves, is_out_of_memory
 from asr_server.errors import EngineUnavailable, InferenceError, ServiceError
-from asr_server.oom import RequestTooLarge, halves, is_out_of_memory
 from asr_server.server import create_app
 
 from support import encode, noise, running_server
@@ -107,7 +107,7 @@ class TightBehindGateway(FakeEngine):
 
 
 def test_the_worker_process_reports_out_of_memory_with_its_code() -> None:
-    from asr_server.worker_process import create_worker_app
+    from asr_server.engines.gateway.process import create_worker_app
 
     with running_server(create_worker_app(TightEngine(fits=2))) as url:
         files = [("audio", (f"{i}.f32", noise(0.5).astype("<f4").tobytes())) for i in range(4)]

@@ -20,9 +20,9 @@ from openai.types.audio import (
     TranscriptionVerbose,
 )
 
+from asr_server.api.segments import SpeechFrames, no_speech_probability
 from asr_server.config import Settings
 from asr_server.engines import Engine, TranscribeItem, Transcript
-from asr_server.segments import SpeechFrames, no_speech_probability
 from asr_server.server import create_app
 
 from openai_strict import sse_events, strict

@@ -72,8 +72,8 @@ def test_single_process_mode_needs_no_ray(tmp_path: Path) -> None:
 
 
 def test_replica_settings_follow_the_cluster() -> None:
-    from asr_server.engines.ray_engine import RayEngine
-    from asr_server.ray_serve import resolve_settings
+    from asr_server.engines.ray.engine import RayEngine
+    from asr_server.engines.ray.serve import resolve_settings
 
     def resolved(cluster: dict[str, float], **values: Any) -> tuple[Any, ...]:
         s = resolve_settings(Settings(asr_engine="fake", **values), cluster)
@@ -126,7 +126,7 @@ class _LocalHandle:
 def _local_replica(engine: Engine) -> Any:
     from concurrent.futures import ThreadPoolExecutor
 
-    from asr_server.ray_serve import ModelReplica
+    from asr_server.engines.ray.serve import ModelReplica
 
     replica = ModelReplica.__new__(ModelReplica)  # the constructor needs a Ray replica context
     replica._engine, replica._id = engine, "local"
@@ -139,7 +139,7 @@ def test_errors_cross_the_replica_boundary_as_in_single_process_mode() -> None:
     pytest.importorskip("ray")
     from ray.exceptions import ActorDiedError
 
-    from asr_server.engines.ray_engine import RayEngine
+    from asr_server.engines.ray.engine import RayEngine
 
     settings = Settings(asr_engine="fake", warmup=False, max_batch_size=4, batch_wait_ms=200, log_level="ERROR")
     prompts = ["big one", "crash", "fine", "big two"]
@@ -202,8 +202,8 @@ def deploy() -> Iterator[Deploy]:
     ray = pytest.importorskip("ray")
     from ray import serve
 
-    from asr_server.engines.ray_engine import APP_NAME
-    from asr_server.ray_serve import build_application, resolve_settings
+    from asr_server.engines.ray.engine import APP_NAME
+    from asr_server.engines.ray.serve import build_application, resolve_settings
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()

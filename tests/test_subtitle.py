@@ -12,7 +12,6 @@ import webvtt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_server.cues import Cue, to_srt, to_vtt
 from asr_server.subtitle import (
     CueRules,
     WordTiming,
@@ -23,7 +22,8 @@ from asr_server.subtitle import (
     segments_from_cues,
     words_payload,
 )
-from asr_server.text_layout import can_break_between, display_width, match_key, normalise_space, unit_spans
+from asr_server.text.cues import Cue, to_srt, to_vtt
+from asr_server.text.layout import can_break_between, display_width, match_key, normalise_space, unit_spans
 
 EN = re.findall(r"\w+", "the quick brown fox jumps over a lazy dog and then it runs away because nobody was watching")
 ZH = list("我们今天天气很好去公园散步然后吃饭觉得这是一个非常的主意")

@@ -1,4 +1,4 @@
-"""Display width, script detection and line breaking (asr_server.text_layout)."""
+"""Display width, script detection and line breaking (asr_server.text.layout)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_server import text_layout
-from asr_server.text_layout import (
+from asr_server.text import layout as text_layout
+from asr_server.text.layout import (
     NO_LINE_END,
     NO_LINE_START,
     align_chars,

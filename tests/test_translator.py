@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import srt
 
-from asr_server.cues import Cue, parse_srt, to_srt
-from asr_server.text_layout import display_width
+from asr_server.text.cues import Cue, parse_srt, to_srt
+from asr_server.text.layout import display_width
 from asr_server.translator import (
     BadAnswer,
     CueTranslation,

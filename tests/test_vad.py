@@ -1,4 +1,4 @@
-"""Speech detection and quiet-point splitting (asr_server.vad)."""
+"""Speech detection and quiet-point splitting (asr_server.media.vad)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_server import vad as vad_module
-from asr_server.vad import (
+from asr_server.media import vad as vad_module
+from asr_server.media.vad import (
     FRAME_SAMPLES,
     EnergyVAD,
     SileroVAD,
@@ -54,7 +54,7 @@ def _overlap(region: tuple[float, float], start: float, end: float) -> float:
 @needs_silero
 def test_silero_loads_without_torch() -> None:
     code = (
-        "import sys, numpy as np; from asr_server.vad import SileroVAD; v = SileroVAD();"
+        "import sys, numpy as np; from asr_server.media.vad import SileroVAD; v = SileroVAD();"
         "v.process_frame(np.zeros(512, np.float32)); assert 'silero_vad' not in sys.modules;"
         "assert 'torch' not in sys.modules"
     )

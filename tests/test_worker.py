@@ -8,12 +8,12 @@ import threading
 import numpy as np
 import pytest
 
-from asr_server.audio import DecodedAudio
 from asr_server.config import Settings
 from asr_server.engines import Engine, TranscribeItem, Transcript
 from asr_server.errors import EngineUnavailable, InferenceError, JobTimeout
+from asr_server.media.audio import DecodedAudio
 from asr_server.queue import PriorityInferQueue
-from asr_server.service import TranscriptionService
+from asr_server.services.transcription import TranscriptionService
 from asr_server.worker import EngineState, ModelWorker
 
 

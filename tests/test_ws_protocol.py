@@ -337,7 +337,7 @@ def speech_like(text: str) -> np.ndarray:
 
     import soundfile as sf
 
-    from asr_server.audio import resample
+    from asr_server.media.audio import resample
 
     wav = subprocess.run(["espeak-ng", "--stdout", text], check=True, capture_output=True).stdout
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")

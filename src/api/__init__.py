@@ -1,1 +1,1 @@
-"""HTTP routers: thin adapters from the wire to `asr_server.service`."""
+"""HTTP routers: thin adapters from the wire to `asr_server.services.transcription`."""

@@ -24,6 +24,7 @@ from loguru import logger
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketState
 
+from asr_server.api.dependencies import AppServices
 from asr_server.api.streaming import (
     CLOSE_TRY_AGAIN,
     ClientInbox,
@@ -35,9 +36,7 @@ from asr_server.api.streaming import (
     start_session,
     stream_config,
 )
-from asr_server.dependencies import AppServices
 from asr_server.errors import InvalidField, ServiceError
-from asr_server.languages import language_code, normalize_language
 from asr_server.streaming import (
     Final,
     Partial,
@@ -77,6 +76,7 @@ from asr_server.streaming.realtime_protocol import (
     stable_prefix,
 )
 from asr_server.streaming.realtime_protocol import SessionEvent as SessionConfigEvent
+from asr_server.text.languages import language_code, normalize_language
 
 router = APIRouter(tags=["streaming"])
 

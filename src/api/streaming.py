@@ -21,11 +21,11 @@ from loguru import logger
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocketState
 
-from asr_server.audio import DecodedAudio, pcm16_to_float
+from asr_server.api.dependencies import AppServices
 from asr_server.config import Settings
-from asr_server.dependencies import AppServices
 from asr_server.errors import InvalidField
-from asr_server.languages import normalize_language
+from asr_server.media.audio import DecodedAudio, pcm16_to_float
+from asr_server.media.vad import VAD, load_vad
 from asr_server.queue import PRIORITY_STREAM
 from asr_server.streaming import (
     Final,
@@ -49,7 +49,7 @@ from asr_server.streaming.protocol import (
     ReadyEvent,
     StartMessage,
 )
-from asr_server.vad import VAD, load_vad
+from asr_server.text.languages import normalize_language
 
 router = APIRouter(tags=["streaming"])
 

@@ -12,17 +12,17 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from loguru import logger
 
-from asr_server.audio import DecodedAudio, decode_audio
-from asr_server.cues import to_srt, to_vtt
-from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
+from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
+from asr_server.api.middleware import note_audio_warning
+from asr_server.api.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
+from asr_server.api.segments import token_logprobs, verbose_segments
 from asr_server.errors import InvalidField, PayloadTooLarge, ServiceError
-from asr_server.languages import language_code, normalize_language
-from asr_server.middleware import note_audio_warning
-from asr_server.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
-from asr_server.segments import token_logprobs, verbose_segments
-from asr_server.service import TranscriptionResult
+from asr_server.media.audio import DecodedAudio, decode_audio
+from asr_server.services.subtitles import SubtitleMode, TimedTranscription
+from asr_server.services.transcription import TranscriptionResult
 from asr_server.subtitle import CueRules, words_payload
-from asr_server.subtitle_pipeline import SubtitleMode, TimedTranscription
+from asr_server.text.cues import to_srt, to_vtt
+from asr_server.text.languages import language_code, normalize_language
 
 router = APIRouter(tags=["transcription"])
 

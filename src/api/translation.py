@@ -15,6 +15,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
+from asr_server.api.protocol import ResponseFormat
+from asr_server.api.segments import SpeechFrames, compression_ratio, verbose_segments
 from asr_server.api.transcription import (
     MAX_PROMPT_CHARS,
     SUBTITLE_MEDIA_TYPES,
@@ -23,17 +26,14 @@ from asr_server.api.transcription import (
     read_upload,
     resolve_mode,
 )
-from asr_server.cues import Cue, SubtitleParseError, parse_srt, parse_vtt, to_srt, to_vtt
-from asr_server.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.engines import Transcript
 from asr_server.errors import EngineUnavailable as ServiceUnavailable
 from asr_server.errors import InvalidField, InvalidRequest, JobTimeout, ServiceError, UpstreamError
-from asr_server.languages import language_code, normalize_language
-from asr_server.protocol import ResponseFormat
-from asr_server.segments import SpeechFrames, compression_ratio, verbose_segments
+from asr_server.services.subtitles import SubtitleMode
 from asr_server.subtitle import segments_from_cues
-from asr_server.subtitle_pipeline import SubtitleMode
-from asr_server.text_layout import join_pieces
+from asr_server.text.cues import Cue, SubtitleParseError, parse_srt, parse_vtt, to_srt, to_vtt
+from asr_server.text.languages import language_code, normalize_language
+from asr_server.text.layout import join_pieces
 from asr_server.translator import (
     TranslationTimeout,
     TranslationUnavailable,

@@ -32,11 +32,11 @@ def create_engine(settings: Settings) -> Engine:
     package or configuration is missing fails here, at start, with the extra to install."""
     check_acceleration(settings)
     if settings.use_ray:  # the model replicas of the Ray application build the real engine
-        from asr_server.engines.ray_engine import RayEngine
+        from asr_server.engines.ray.engine import RayEngine
 
         return RayEngine(settings)
     if settings.gateway_mode:  # the worker process builds the real engine from the same settings
-        from asr_server.engines.remote import RemoteEngine
+        from asr_server.engines.gateway.engine import RemoteEngine
 
         return RemoteEngine(settings)
     if settings.uses_vllm:

@@ -21,11 +21,11 @@ from loguru import logger
 
 from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.fpenv import reset_floating_point_env
 from asr_server.engines.hardware import cap_gpu_memory, install_memory_plan, physical_cores, plan_gpu_memory
 from asr_server.engines.quantization import load_dtype, quantize_model
 from asr_server.engines.weights import resolve_weights
 from asr_server.errors import EngineUnavailable
-from asr_server.fpenv import reset_floating_point_env
 
 SAMPLE_RATE = 16_000
 ENCODER_CONV_CHUNKS = 50  # one-second mel chunks per encoder convolution call when BOUND_PREFILL_MEMORY=1

@@ -6,10 +6,10 @@ import asyncio
 
 import numpy as np
 
+from asr_server.media.vad import VAD, speech_regions, split_at_quiet_points
 from asr_server.streaming.metrics import StreamMetrics
 from asr_server.streaming.segmenter import SAMPLE_RATE
 from asr_server.streaming.session import TranscribeFn
-from asr_server.vad import VAD, speech_regions, split_at_quiet_points
 
 
 async def transcribe_committed(

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from asr_server.translation.languages import TARGET_NAMES
+from asr_server.translation.target_languages import TARGET_NAMES
 
 Kind = Literal["cues", "text"]
 

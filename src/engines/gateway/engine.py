@@ -1,6 +1,6 @@
 """Gateway mode's engine: batches go to a supervised worker process that holds the model.
 
-The worker process (`asr_server.worker_process`) is started on the first load and watched by a thread.
+The worker process (`asr_server.engines.gateway.process`) is started on the first load and watched by a thread.
 If it dies (crash, SIGKILL, out of GPU memory), the batch in flight fails at once with 503, and a new
 process is started (and the model reloaded) right away when the model was loaded, so queued jobs run
 on it. `unload()` stops the process, which frees all of its GPU memory.
@@ -122,7 +122,7 @@ class RemoteEngine(Engine):
             self._socket.unlink()
         env = worker_environment(self._settings)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "asr_server.worker_process", "--uds", str(self._socket)],
+            [sys.executable, "-m", "asr_server.engines.gateway.process", "--uds", str(self._socket)],
             env=env,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )

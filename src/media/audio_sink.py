@@ -1,7 +1,7 @@
 """Where decoded blocks go: downmixed blocks at the source rate in, 16 kHz mono float32 out, within limits.
 
-The decoders in `asr_server.audio` feed one block at a time; soxr's streaming resampler converts it, and the output
-is refused (413) the moment it passes the accepted length, so memory never exceeds what a request may cost.
+The decoders in `asr_server.media.audio` feed one block at a time; soxr's streaming resampler converts it, and
+the output is refused (413) the moment it passes the accepted length, so memory never exceeds what a request may cost.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from fastapi import Depends, Request
 from asr_server.config import Settings
 from asr_server.metrics import Metrics
 from asr_server.queue import PriorityInferQueue
-from asr_server.service import TranscriptionService
+from asr_server.services.subtitles import SubtitlePipeline
+from asr_server.services.transcription import TranscriptionService
 from asr_server.streaming.metrics import StreamRegistry
-from asr_server.subtitle_pipeline import SubtitlePipeline
 from asr_server.translator import Translator
 from asr_server.worker import ModelWorker
 

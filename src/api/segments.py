@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from asr_server.cues import Cue
 from asr_server.engines import Transcript
+from asr_server.media.vad import FRAME_SAMPLES, SAMPLE_RATE
 from asr_server.subtitle import segments_from_cues
-from asr_server.vad import FRAME_SAMPLES, SAMPLE_RATE
+from asr_server.text.cues import Cue
 
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 

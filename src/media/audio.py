@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from asr_server.audio_sink import SAMPLE_RATE, DecodeLimits, MonoSink, release_free_memory, too_long
 from asr_server.errors import AudioDecodeError, UnsupportedMediaType
+from asr_server.media.audio_sink import SAMPLE_RATE, DecodeLimits, MonoSink, release_free_memory, too_long
 
 __all__ = ["SAMPLE_RATE", "DecodeLimits", "DecodedAudio", "decode_audio", "pcm16_to_float", "resample"]
 

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from asr_server.audio import SAMPLE_RATE, DecodedAudio
 from asr_server.config import Settings
 from asr_server.engines import TranscribeItem, Transcript
 from asr_server.errors import JobTimeout
+from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
+from asr_server.media.vad import split_at_quiet_points
 from asr_server.queue import PRIORITY_HTTP, PriorityInferQueue
-from asr_server.text_layout import join_pieces
-from asr_server.vad import split_at_quiet_points
+from asr_server.text.layout import join_pieces
 from asr_server.worker import JobKind, ModelWorker
 
 # Segment length for progressive (SSE) transcription: short enough to show progress, long enough for context.
