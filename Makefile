@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 readme: $(STAMP)
 	$(BIN)/python scripts/update_readme_settings.py
+	$(BIN)/python scripts/update_readme_map.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .cache

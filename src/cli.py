@@ -116,9 +116,9 @@ def _serve_granian(settings: Settings, overrides: dict[str, str], max_connection
 def _export_encoder(args: argparse.Namespace) -> int:
     import json
 
-    from asr_server.engines.onnx_encoder import export_from_checkpoint
+    from asr_server.engines import export_encoder
 
-    report = export_from_checkpoint(args.model, args.out, tensorrt=args.tensorrt)
+    report = export_encoder(args.model, args.out, tensorrt=args.tensorrt)
     print(json.dumps(report, indent=2))
     return 0
 

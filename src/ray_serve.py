@@ -1,5 +1,4 @@
-"""Kept so that `asr_server.ray_serve:app_builder` (the README's `serve run` target) still works: the code lives in
-`asr_server.engines.ray.serve`."""
+"""A shim: `asr_server.ray_serve:app_builder` for `serve run` as before; the code is in `engines/ray/serve.py`."""
 
 from asr_server.engines.ray.serve import app_builder, serve_on_ray
 

@@ -1,5 +1,4 @@
-"""Kept so that `python -m asr_server.worker_process` still starts gateway mode's worker process: the code lives
-in `asr_server.engines.gateway.process`."""
+"""A shim: `python -m asr_server.worker_process` as before; the code is in `engines/gateway/process.py`."""
 
 from asr_server.engines.gateway.process import create_worker_app, main
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.api.protocol import ResponseFormat
 from asr_server.api.segments import SpeechFrames, compression_ratio, verbose_segments
-from asr_server.api.transcription import (
+from asr_server.api.uploads import (
     MAX_PROMPT_CHARS,
     SUBTITLE_MEDIA_TYPES,
     cue_rules,

@@ -1,4 +1,8 @@
-"""Inference engines behind one small contract (`Engine`), chosen by `ASR_ENGINE` and the acceleration flags."""
+"""The engine contract, each engine, quantization, hardware probing, and the hosts that run an engine elsewhere
+(`gateway/`, `ray/`). Only this room imports an engine implementation.
+
+The rest of the service sees the contract and `create_engine`, chosen by `ASR_ENGINE` and the acceleration flags.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ __all__ = [
     "Transcript",
     "check_acceleration",
     "create_engine",
+    "export_encoder",
 ]
 
 
@@ -52,6 +57,13 @@ def create_engine(settings: Settings) -> Engine:
 
         return TransformersEngine(settings)
     raise ValueError(f"ASR_ENGINE={settings.asr_engine.value} is not available in this build")
+
+
+def export_encoder(model_id: str, out_dir: str | Path, *, tensorrt: bool = False) -> dict[str, object]:
+    """`asr-server export-encoder`: the model's audio encoder as ONNX (and TensorRT), checked against PyTorch."""
+    from asr_server.engines.onnx_encoder import export_from_checkpoint
+
+    return export_from_checkpoint(model_id, out_dir, tensorrt=tensorrt)
 
 
 def _require(module: str, flag: str, extra: str, note: str = "") -> None:

@@ -1,4 +1,6 @@
-"""Live streaming transcription, independent of any wire protocol: segmentation, sessions, metrics."""
+"""The live session, independent of any wire protocol: segmenter, committed text, events and metrics. No FastAPI:
+the WebSocket routes in `api/` adapt it to their protocols.
+"""
 
 from asr_server.streaming.events import Final, Partial, SessionError, SessionEvent, SpeechStarted, SpeechStopped
 from asr_server.streaming.metrics import StreamLease, StreamMetrics, StreamRegistry

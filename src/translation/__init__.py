@@ -1,1 +1,3 @@
-"""Helpers of `asr_server.translator` (the public module): language tags and the JSON exchange with the LLM."""
+"""Translation's helpers for the LLM client (`asr_server.translator`): target-language tags, prompts and the JSON
+exchange, and the bounded text work on answers.
+"""
