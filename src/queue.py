@@ -7,7 +7,7 @@
 - Bounded: `submit` raises `QueueFull` (429 with Retry-After) beyond `max_size` live jobs.
 - A job whose future was cancelled (client gone) is dropped when popped and never run; one whose
   deadline has passed is failed with `JobTimeout` (504) instead of being run.
-- `next_batch` returns jobs with the same `batch_key`, at most `max_batch_size`. While jobs keep arriving
+- `next_batch` returns jobs of the same kind, at most `max_batch_size`. While jobs keep arriving
   within `batch_wait_s` of each other it keeps waiting, for at most `max_wait_s` after the first: a burst
   of uploads (which reach the queue a few ms apart, each parsed and decoded in turn) fills one batch
   instead of being split into a short batch and a remainder, while a lone job waits only `batch_wait_s`.
@@ -16,11 +16,11 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import heapq
 import itertools
 import math
 import time
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +30,19 @@ PRIORITY_STREAM = 0
 PRIORITY_HTTP = 1
 
 
+class JobKind(str, enum.Enum):
+    """What a job asks of the engine; only jobs of one kind are batched together."""
+
+    transcribe = "transcribe"
+    align = "align"
+
+
 @dataclass(eq=False)
 class Job:
     """One unit of work. `payload` is what the worker needs; `future` receives the result or error."""
 
     payload: Any
-    batch_key: Hashable
+    kind: JobKind
     priority: int
     deadline: float  # time.monotonic() after which the job is answered with 504
     future: asyncio.Future[Any]
@@ -67,7 +74,7 @@ class PriorityInferQueue:
 
     # --- producer side -----------------------------------------------------------------------
     def submit(
-        self, payload: Any, *, priority: int, timeout: float, batch_key: Hashable = "default"
+        self, payload: Any, *, priority: int, timeout: float, kind: JobKind = JobKind.transcribe
     ) -> Job:
         """Queue a job and return it; await `job.future` for the result. Raises QueueFull."""
         self._drop_finished()
@@ -79,7 +86,7 @@ class PriorityInferQueue:
         now = time.monotonic()
         job = Job(
             payload=payload,
-            batch_key=batch_key,
+            kind=kind,
             priority=priority,
             deadline=now + timeout,
             future=asyncio.get_running_loop().create_future(),
@@ -105,14 +112,14 @@ class PriorityInferQueue:
 
     # --- consumer side -----------------------------------------------------------------------
     async def next_batch(self, max_batch_size: int, batch_wait_s: float, max_wait_s: float = 0.0) -> list[Job]:
-        """Wait for work, then return 1..max_batch_size live jobs sharing the first job's batch key: waiting
+        """Wait for work, then return 1..max_batch_size live jobs of the first job's kind: waiting
         up to `batch_wait_s` after the latest compatible arrival for another, and at most
         `max(batch_wait_s, max_wait_s)` after the first job."""
         while True:
             first = await self._pop_live()
             batch = [first]
             if max_batch_size > 1:
-                batch.extend(self._take_compatible(first.batch_key, max_batch_size - 1))
+                batch.extend(self._take_compatible(first.kind, max_batch_size - 1))
                 started = time.monotonic()
                 deadline = started + max(batch_wait_s, max_wait_s)
                 wait_until = min(deadline, started + batch_wait_s)
@@ -122,7 +129,7 @@ class PriorityInferQueue:
                         await asyncio.wait_for(self._not_empty.wait(), remaining)
                     except TimeoutError:
                         break
-                    arrived = self._take_compatible(first.batch_key, max_batch_size - len(batch))
+                    arrived = self._take_compatible(first.kind, max_batch_size - len(batch))
                     if arrived:
                         batch.extend(arrived)
                         wait_until = min(deadline, time.monotonic() + batch_wait_s)
@@ -141,15 +148,15 @@ class PriorityInferQueue:
             if self._is_runnable(job):
                 return job
 
-    def _take_compatible(self, batch_key: Hashable, limit: int) -> list[Job]:
-        """Remove up to `limit` runnable jobs with `batch_key`, in priority order."""
+    def _take_compatible(self, kind: JobKind, limit: int) -> list[Job]:
+        """Remove up to `limit` runnable jobs of `kind`, in priority order."""
         if limit <= 0 or not self._heap:
             return []
         taken: list[Job] = []
         kept: list[_Entry] = []
         for entry in sorted(self._heap):
             job = entry.job
-            if len(taken) < limit and job.batch_key == batch_key:
+            if len(taken) < limit and job.kind == kind:
                 if self._is_runnable(job):
                     taken.append(job)
             elif not job.done:

@@ -190,12 +190,12 @@ def _install_health_routes(app: FastAPI) -> None:
 
     @app.get("/v1/models", tags=["operations"], summary="The served model")
     async def models(services: ServicesDep) -> ModelList:
-        return ModelList(data=[ModelCard(id=services.settings.resolved_model_id())])
+        return ModelList(data=[ModelCard(id=services.worker.engine.model_id)])
 
     # `:path`: model ids hold slashes ("Qwen/Qwen3-ASR-1.7B"; the SDKs percent-encode them, the router decodes).
     @app.get("/v1/models/{model_id:path}", tags=["operations"], summary="The served model's card")
     async def model_card(model_id: str, services: ServicesDep) -> ModelCard:
-        served = services.settings.resolved_model_id()
+        served = services.worker.engine.model_id
         if model_id != served:
             raise NotFound(
                 f"the model {model_id!r} does not exist; this server serves {served!r}",

@@ -28,17 +28,12 @@ from asr_server.engines.base import MIN_AUDIO_SAMPLES
 from asr_server.engines.oom import halves, is_out_of_memory, too_large
 from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError, ServiceError
 from asr_server.metrics import Metrics
-from asr_server.queue import Job, PriorityInferQueue
+from asr_server.queue import Job, JobKind, PriorityInferQueue
 
 # Seconds before a failed model load is tried again; in between, jobs fail fast with the reason.
 LOAD_RETRY_COOLDOWN_S = 10.0
 # While the engine restarts (gateway mode's worker process died), how often a loop looks whether it is back.
 RESTART_POLL_S = 0.2
-
-
-class JobKind(str, enum.Enum):
-    transcribe = "transcribe"
-    align = "align"
 
 
 class EngineState(str, enum.Enum):
@@ -172,7 +167,7 @@ class ModelWorker:
         self._busy += 1
         self.touch()
         try:
-            kind = JobKind(batch[0].batch_key[0] if isinstance(batch[0].batch_key, tuple) else batch[0].batch_key)
+            kind = batch[0].kind
             started = time.perf_counter()
             try:
                 await self.ensure_loaded()

@@ -212,3 +212,21 @@ def test_client_disconnect_cancels_queued_work() -> None:
 def test_openapi_schema_is_served(base_url: str) -> None:
     schema = httpx.get(f"{base_url}/openapi.json").json()
     assert "/v1/audio/transcriptions" in schema["paths"]
+
+
+def test_the_served_model_is_resolved_once_not_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no MODEL_ID the default follows free GPU memory; once serving, /v1/models must keep naming the model
+    that was chosen, even when an engine (vLLM) has since claimed the memory the choice was made on."""
+    import asr_server.config as config
+
+    free_bytes = [40 * 1024**3]  # the hardware, as nvidia-smi would report it
+    monkeypatch.setattr(config, "_free_gpu_bytes", lambda: free_bytes[0])
+    app = create_app(Settings(asr_engine="fake", model_id="", log_level="WARNING"))
+    with running_server(app) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
+        before = [m.id for m in client.models.list().data]
+        free_bytes[0] = 0  # the engine took the memory
+        after = [m.id for m in client.models.list().data]
+        card = client.models.retrieve("Qwen/Qwen3-ASR-1.7B")
+    assert before == after == ["Qwen/Qwen3-ASR-1.7B"]
+    assert card.id == "Qwen/Qwen3-ASR-1.7B"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from asr_server.errors import JobTimeout, QueueFull
-from asr_server.queue import PRIORITY_HTTP, PRIORITY_STREAM, PriorityInferQueue
+from asr_server.queue import PRIORITY_HTTP, PRIORITY_STREAM, JobKind, PriorityInferQueue
 
 
 async def test_lower_priority_number_first_and_fifo_within_priority() -> None:
@@ -84,8 +84,8 @@ async def test_retry_after_counts_batches_running_side_by_side() -> None:
 async def test_batch_holds_only_compatible_jobs_up_to_the_limit() -> None:
     queue = PriorityInferQueue(max_size=20)
     for i in range(5):
-        queue.submit(f"t{i}", priority=1, timeout=10, batch_key=("transcribe",))
-    queue.submit("a0", priority=1, timeout=10, batch_key=("align",))
+        queue.submit(f"t{i}", priority=1, timeout=10, kind=JobKind.transcribe)
+    queue.submit("a0", priority=1, timeout=10, kind=JobKind.align)
     batch = await queue.next_batch(3, 0)
     assert [job.payload for job in batch] == ["t0", "t1", "t2"]
     batch = await queue.next_batch(8, 0)

@@ -51,7 +51,7 @@ def create_engine(settings: Settings) -> Engine:
     if settings.asr_engine == EngineName.fake:
         from asr_server.engines.fake import FakeEngine
 
-        return FakeEngine()
+        return FakeEngine(settings.resolved_model_id())
     if settings.asr_engine == EngineName.transformers:
         from asr_server.engines.transformers_engine import TransformersEngine
 

@@ -88,6 +88,9 @@ class Engine(ABC):
     """A loaded-on-demand speech model. `load` may be slow and may raise; `unload` frees memory."""
 
     name: str = "engine"
+    # The served model's id, resolved once when the engine is built (never re-read from the hardware per request):
+    # what /v1/models lists. Engines hosted elsewhere replace it with what their host loaded.
+    model_id: str = ""
     # Batches the worker may keep in flight at once. 1 for engines that are not thread-safe (all but vLLM,
     # whose own scheduler batches continuously across concurrent calls).
     concurrency: int = 1

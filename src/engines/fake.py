@@ -27,7 +27,8 @@ FIXED_SENTENCES = {
 class FakeEngine(Engine):
     name = "fake"
 
-    def __init__(self) -> None:
+    def __init__(self, model_id: str = "fake") -> None:
+        self.model_id = model_id
         self._loaded = False
         self.batches: list[int] = []  # sizes of the batches run, for tests of batching
 

@@ -43,7 +43,7 @@ class TransformersEngine(Engine):
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._model_id = settings.resolved_model_id()
+        self._model_id = self.model_id = settings.resolved_model_id()
         self._aligner_id = settings.forced_aligner_id or None
         self._model: Any = None
         self._aligner: Any = None

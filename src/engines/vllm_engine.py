@@ -61,7 +61,7 @@ class VllmEngine(Engine):
     def __init__(self, settings: Settings, *, engine_factory: Callable[[], Any] | None = None) -> None:
         """`engine_factory` (tests) returns a stand-in for vLLM's AsyncLLM; by default vLLM is loaded."""
         self._settings = settings
-        self._model_id = settings.resolved_model_id()
+        self._model_id = self.model_id = settings.resolved_model_id()
         self._factory = engine_factory
         self._llm: Any = None
         self._sampling: Any = None

@@ -24,12 +24,11 @@ from asr_server.engines import AlignedUnit, AlignItem, TranscribeItem, Transcrip
 from asr_server.errors import ServiceError
 from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
 from asr_server.media.vad import frame_probabilities, load_vad, regions_from_probabilities, split_at_quiet_points
-from asr_server.queue import PRIORITY_HTTP
+from asr_server.queue import PRIORITY_HTTP, JobKind
 from asr_server.services.transcription import TranscriptionService
 from asr_server.subtitle import CueRules, WordTiming, build_cues, fast_timings, join_words, restore_punctuation
 from asr_server.text.cues import Cue
 from asr_server.text.layout import join_pieces
-from asr_server.worker import JobKind
 
 # qwen-asr's MAX_FORCE_ALIGN_INPUT_SECONDS; chunks for timing never exceed it.
 ALIGNER_MAX_SECONDS = 180.0

@@ -15,9 +15,9 @@ from asr_server.engines import TranscribeItem, Transcript
 from asr_server.errors import JobTimeout
 from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
 from asr_server.media.vad import split_at_quiet_points
-from asr_server.queue import PRIORITY_HTTP, PriorityInferQueue
+from asr_server.queue import PRIORITY_HTTP, JobKind, PriorityInferQueue
 from asr_server.text.layout import join_pieces
-from asr_server.worker import JobKind, ModelWorker
+from asr_server.worker import ModelWorker
 
 # Segment length for progressive (SSE) transcription: short enough to show progress, long enough for context.
 STREAM_SEGMENT_SECONDS = 30.0
@@ -51,7 +51,7 @@ class TranscriptionService:
         Cancelling the awaiting task (client disconnected) cancels the job: the queue then drops it.
         """
         timeout = self._settings.request_timeout
-        job = self._queue.submit(payload, priority=priority, timeout=timeout, batch_key=(kind.value,))
+        job = self._queue.submit(payload, priority=priority, timeout=timeout, kind=kind)
         try:
             return await asyncio.wait_for(job.future, timeout)
         except TimeoutError as exc:

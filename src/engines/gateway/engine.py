@@ -103,6 +103,7 @@ class RemoteEngine(Engine):
         self._want_loaded = False
         self._supports_alignment = bool(settings.forced_aligner_id) and settings.asr_engine.value != "fake"
         self._describe: dict[str, Any] = {"engine": f"{settings.asr_engine.value} (worker process)"}
+        self.model_id = settings.resolved_model_id()  # until the worker process says what it loaded
         # The engine in the worker process takes this many batches at once (vLLM: several; others: 1); the
         # gateway's worker must keep as many in flight, and the httpx client is safe to share across threads.
         self.concurrency = remote_concurrency(settings)
@@ -193,6 +194,7 @@ class RemoteEngine(Engine):
         self._supports_alignment = bool(body.get("supports_alignment"))
         self._describe = {k: v for k, v in body.items() if k not in ("loaded", "supports_alignment")}
         self._describe["engine"] = f"{body.get('engine', '?')} (worker process)"
+        self.model_id = str(body.get("model_id") or self.model_id)
         self._loaded = True
 
     def _post(self, path: str, *, timeout: float, **kwargs: Any) -> httpx.Response:

@@ -63,7 +63,14 @@ def create_worker_app(engine: Engine) -> FastAPI:
                     await run(engine.warmup)
         except Exception as exc:
             return _error(exc)
-        return JSONResponse({"loaded": True, "supports_alignment": engine.supports_alignment, **engine.describe()})
+        return JSONResponse(
+            {
+                "loaded": True,
+                "supports_alignment": engine.supports_alignment,
+                "model_id": engine.model_id,
+                **engine.describe(),
+            }
+        )
 
     @app.post("/unload")
     async def unload() -> dict[str, bool]:

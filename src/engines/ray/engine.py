@@ -63,6 +63,7 @@ class RayEngine(Engine):
         # Known for sure only once a replica answered; the subtitle pipeline asks before that.
         self._supports_alignment = bool(settings.forced_aligner_id) and settings.asr_engine != EngineName.fake
         self._describe: dict[str, Any] = {"engine": f"{settings.asr_engine.value} (ray)"}
+        self.model_id = settings.resolved_model_id()  # until a replica says what it loaded
         self._lock = threading.Lock()  # engine threads update the counters concurrently
         self._served: dict[str, dict[str, int]] = {}
         self.replica_failures = 0
@@ -115,6 +116,7 @@ class RayEngine(Engine):
         self._supports_alignment = bool(info.get("supports_alignment"))
         self._describe = {k: v for k, v in info.items() if k not in ("loaded", "supports_alignment", "engine")}
         self._describe["engine"] = f"{info.get('engine', '?')} (ray)"
+        self.model_id = str(info.get("model_id") or self.model_id)
         self._loaded = True
 
     def unload(self) -> None:

@@ -80,7 +80,7 @@ class ModelReplica:
 
     async def info(self) -> ReplicaReply:
         info = {"loaded": self._engine.loaded, "supports_alignment": self._engine.supports_alignment}
-        return self._reply([{**info, **self._engine.describe()}])
+        return self._reply([{**info, "model_id": self._engine.model_id, **self._engine.describe()}])
 
     async def transcribe(self, items: list[Any]) -> ReplicaReply:
         return await self._serve("transcribe", self._engine.transcribe, items)
