@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         transcription=transcription_service,
         subtitles=SubtitlePipeline(
             transcription_service,
-            aligner_available=worker.engine.supports_alignment,
+            aligner_available=lambda: worker.engine.supports_alignment,
             chunk_seconds=settings.resolved_align_chunk_seconds(),
         ),
         translator=Translator(translator_config(settings)),

@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from asr_server.config import Settings
+from asr_server.engines import AlignedUnit, AlignItem
 from asr_server.server import create_app
 
 from support import GatedEngine, encode, noise, running_server, tone, wav_bytes
@@ -230,3 +231,41 @@ def test_the_served_model_is_resolved_once_not_per_request(monkeypatch: pytest.M
         card = client.models.retrieve("Qwen/Qwen3-ASR-1.7B")
     assert before == after == ["Qwen/Qwen3-ASR-1.7B"]
     assert card.id == "Qwen/Qwen3-ASR-1.7B"
+
+
+class LateAlignerEngine(GatedEngine):
+    """Like an engine hosted elsewhere (gateway mode, Ray): whether it can align is known once it has loaded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+
+    @property
+    def supports_alignment(self) -> bool:
+        return self.loaded
+
+    def align(self, items: list[AlignItem]) -> list[list[AlignedUnit]]:
+        out = []
+        for item in items:
+            words = item.text.split()
+            step = len(item.audio) / 16_000 / max(1, len(words))
+            out.append([AlignedUnit(text=w, start=i * step, end=(i + 1) * step) for i, w in enumerate(words)])
+        return out
+
+
+def test_accurate_subtitles_follow_what_the_engine_learns_when_it_loads() -> None:
+    app = create_app(Settings(asr_engine="fake", log_level="WARNING", preload=False), engine=LateAlignerEngine())
+    with running_server(app) as url:
+        form = {"response_format": "srt", "prompt": "Hello there. General Kenobi."}
+        first = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", wav_bytes(3.0))}, data=form, timeout=30)
+        assert first.headers["x-subtitle-mode"] == "fast"  # not loaded yet: no aligner known
+        accurate = httpx.post(
+            f"{url}/transcribe",
+            files={"file": ("a.wav", wav_bytes(3.0))},
+            data={**form, "subtitle_mode": "accurate"},
+            timeout=30,
+        )
+        default = httpx.post(f"{url}/transcribe", files={"file": ("a.wav", wav_bytes(3.0))}, data=form, timeout=30)
+    assert accurate.status_code == 200, accurate.text
+    assert accurate.headers["x-subtitle-mode"] == "accurate"
+    assert default.headers["x-subtitle-mode"] == "accurate"

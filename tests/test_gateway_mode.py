@@ -160,3 +160,22 @@ def test_requests_arriving_while_the_worker_restarts_wait_for_it(hello_asr_dir: 
         assert len(failed) <= 8, f"{len(failed)} of {len(results)} failed: {sorted({(r[1], r[2]) for r in failed})}"
         assert {(status, code) for _, status, code in failed} <= {(503, "worker_restarting")}
         assert httpx.get(f"{url}/ready", timeout=10).json()["worker_restarts"] >= 2
+
+
+def _watchers() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "worker-watch" and t.is_alive()]
+
+
+def test_the_worker_watch_thread_lives_from_load_to_unload() -> None:
+    from asr_server.engines import create_engine
+
+    engine = create_engine(Settings(gateway_mode=True, asr_engine="fake", log_level="WARNING"))
+    assert _watchers() == []  # built but never loaded: nothing runs
+    engine.load()
+    try:
+        assert engine.loaded and _watchers() == ["worker-watch"]
+    finally:
+        engine.unload()
+    assert _watchers() == [] and engine.pid is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,11 +94,20 @@ def _aligned_words(units: list[AlignedUnit], text: str, offset: float) -> list[W
 
 class SubtitlePipeline:
     def __init__(
-        self, service: TranscriptionService, aligner_available: bool, chunk_seconds: float = ALIGNER_MAX_SECONDS
+        self,
+        service: TranscriptionService,
+        aligner_available: Callable[[], bool],
+        chunk_seconds: float = ALIGNER_MAX_SECONDS,
     ) -> None:
+        """`aligner_available` is asked on every request: engines hosted elsewhere (gateway mode, Ray) learn
+        whether their host has a forced aligner only when the model loads."""
         self._service = service
-        self.aligner_available = aligner_available
+        self._aligner_available = aligner_available
         self._chunk_seconds = min(chunk_seconds, ALIGNER_MAX_SECONDS)
+
+    @property
+    def aligner_available(self) -> bool:
+        return self._aligner_available()
 
     def default_mode(self) -> SubtitleMode:
         return SubtitleMode.accurate if self.aligner_available else SubtitleMode.fast

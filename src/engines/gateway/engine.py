@@ -109,9 +109,9 @@ class RemoteEngine(Engine):
         self.concurrency = remote_concurrency(settings)
         self.restarts = 0
         self._failed_starts = 0  # consecutive starts that died before the model was loaded
+        # Watches the process from load() to unload(): an engine that was never loaded runs no thread.
         self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
-        self._watcher.start()
+        self._watcher: threading.Thread | None = None
 
     # --- process management ------------------------------------------------------------------
     @property
@@ -222,6 +222,10 @@ class RemoteEngine(Engine):
         with self._lock:
             self._reap_if_died()
             self._want_loaded = True
+            if self._watcher is None or not self._watcher.is_alive():
+                self._stopping.clear()
+                self._watcher = threading.Thread(target=self._watch, name="worker-watch", daemon=True)
+                self._watcher.start()
             try:
                 self._start_and_load()
             except EngineRestarting:
@@ -237,13 +241,13 @@ class RemoteEngine(Engine):
             self._want_loaded = False
             self._loaded = False
             self._stop_process()
+            watcher, self._watcher = self._watcher, None
+            self._stopping.set()
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=5)  # outside the lock: the watcher takes it on each round
 
     def warmup(self) -> None:
         """The worker process warms up inside /load."""
-
-    def close(self) -> None:
-        self._stopping.set()
-        self.unload()
 
     @staticmethod
     def _multipart(audios: list[Any], meta: list[dict[str, Any]]) -> dict[str, Any]:
