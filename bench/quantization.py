@@ -210,7 +210,8 @@ def part_service(args: argparse.Namespace) -> None:
             elapsed = asyncio.run(post_uploads(url, [wav_bytes(c) for c in clips], args.concurrency))
             metrics = httpx.get(f"{url}/metrics").text
         service.append(elapsed / (len(clips) * args.clip_seconds))
-        batches.append(app.state.services.worker.batches_run)
+        counts = [float(m.split()[-1]) for m in metrics.splitlines() if m.startswith("asr_batch_size_count")]
+        batches.append(round(sum(counts)))
         engine_s = sum(float(m.split()[-1]) for m in metrics.splitlines() if m.startswith("asr_inference_seconds_sum"))
         print(f"service: RTF {service[-1]:.3f} in {batches[-1]} batches, engine {engine_s:.1f} of {elapsed:.1f} s",
               file=sys.stderr, flush=True)  # fmt: skip

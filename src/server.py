@@ -98,7 +98,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     metrics = Metrics()
     queue = PriorityInferQueue(settings.queue_max, aging_s=settings.queue_aging_s)
     worker = ModelWorker(settings, engine or create_engine(settings), queue, metrics)
-    transcription_service = TranscriptionService(settings, queue, worker)
+    transcription_service = TranscriptionService(settings, queue)
     services = AppServices(
         settings=settings,
         queue=queue,

@@ -64,7 +64,6 @@ class ModelWorker:
         self._last_activity = time.monotonic()
         self._busy = 0  # batches running
         self.load_seconds: float | None = None
-        self.batches_run = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,7 +182,6 @@ class ModelWorker:
                 return
             elapsed = time.perf_counter() - started
             self._queue.record_service_time(elapsed, len(batch), batches_in_flight=self._busy)
-            self.batches_run += 1
             if self._metrics:
                 self._observe(kind, batch, outcomes, elapsed)
             for job, outcome in zip(batch, outcomes, strict=True):

@@ -62,7 +62,7 @@ async def _started(engine: Engine, **overrides: object) -> tuple[ModelWorker, Tr
     queue = PriorityInferQueue(settings.queue_max, aging_s=settings.queue_aging_s)
     worker = ModelWorker(settings, engine, queue)
     await worker.start()
-    return worker, TranscriptionService(settings, queue, worker)
+    return worker, TranscriptionService(settings, queue)
 
 
 async def test_lazy_load_on_first_job_and_results_in_order() -> None:

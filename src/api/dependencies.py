@@ -41,12 +41,7 @@ def get_services(request: Request) -> AppServices:
     return request.app.state.services
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.services.settings
-
-
 ServicesDep = Annotated[AppServices, Depends(get_services)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:

@@ -17,7 +17,6 @@ from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
 from asr_server.media.vad import split_at_quiet_points
 from asr_server.queue import PRIORITY_HTTP, JobKind, PriorityInferQueue
 from asr_server.text.layout import join_pieces
-from asr_server.worker import ModelWorker
 
 # Segment length for progressive (SSE) transcription: short enough to show progress, long enough for context.
 STREAM_SEGMENT_SECONDS = 30.0
@@ -40,10 +39,9 @@ class TextDelta:
 
 
 class TranscriptionService:
-    def __init__(self, settings: Settings, queue: PriorityInferQueue, worker: ModelWorker) -> None:
+    def __init__(self, settings: Settings, queue: PriorityInferQueue) -> None:
         self._settings = settings
         self._queue = queue
-        self._worker = worker
 
     async def submit(self, kind: JobKind, payload: Any, *, priority: int = PRIORITY_HTTP) -> Any:
         """Queue one job and wait for its result. Raises QueueFull / JobTimeout / the job's own error.
