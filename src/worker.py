@@ -17,7 +17,6 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from loguru import logger
@@ -25,6 +24,7 @@ from loguru import logger
 from asr_server.config import Settings
 from asr_server.engines import AlignItem, Engine, TranscribeItem, Transcript
 from asr_server.engines.base import MIN_AUDIO_SAMPLES
+from asr_server.engines.hosting import EngineExecutor, engine_error
 from asr_server.engines.oom import halves, is_out_of_memory, too_large
 from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError, ServiceError
 from asr_server.metrics import Metrics
@@ -55,7 +55,7 @@ class ModelWorker:
         # from that many threads at once, and that many loops keep that many batches in flight. Every
         # other engine has none: one engine thread, one batch at a time.
         self._concurrency = max(1, int(getattr(engine, "concurrency", 1)))
-        self._executor = ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="engine")
+        self._executor = EngineExecutor(engine)
         self._tasks: list[asyncio.Task[None]] = []
         self._load_lock = asyncio.Lock()
         self.state = EngineState.unloaded
@@ -85,14 +85,14 @@ class ModelWorker:
                 await task
         self._queue.fail_all(EngineUnavailable("the server is shutting down"))
         await self._in_thread(self.engine.unload)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
 
     def touch(self) -> None:
         """Record activity so the idle timer does not unload the model (streams call this)."""
         self._last_activity = time.monotonic()
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, _contained, fn, *args)
+        return await self._executor.run(fn, *args)
 
     async def ensure_loaded(self) -> None:
         """Load the engine if needed. Raises EngineUnavailable with the reason when it cannot."""
@@ -210,7 +210,7 @@ class ModelWorker:
                 # 503 at once; jobs still queued run after the engine is back.
                 return [exc] * len(batch)
             if len(batch) == 1:
-                return [too_large(kind.value) if out_of_memory else _as_service_error(exc, kind)]
+                return [too_large(kind.value) if out_of_memory else engine_error(exc, kind.value)]
             how = "in halves" if out_of_memory else "one by one"
             logger.warning("batch of {} failed ({}); retrying {}", len(batch), type(exc).__name__, how)
         outcomes: list[Any] = []
@@ -230,7 +230,7 @@ class ModelWorker:
             except EngineRestarting:
                 raise
             except Exception as exc:
-                outcomes.append(_as_service_error(exc, kind))
+                outcomes.append(engine_error(exc, kind.value))
         return outcomes
 
     def _observe(self, kind: JobKind, batch: list[Job], outcomes: list[Any], elapsed: float) -> None:
@@ -280,35 +280,6 @@ class ModelWorker:
             "queue_depth": len(self._queue),
             **self.engine.describe(),
         }
-
-
-class EngineCallError(RuntimeError):
-    """An engine call raised something that must not cross into the event loop as it is."""
-
-
-def _contained(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run an engine call on its thread so that whatever it raises reaches the worker as an ordinary Exception.
-
-    Without this, a StopIteration escaping the engine cannot be set on the asyncio future (Python raises
-    TypeError inside the loop's callback instead) and the job's future is never resolved: its batch and the
-    loop waiting on it hang for good. KeyboardInterrupt, SystemExit, GeneratorExit and CancelledError raised
-    by engine code would likewise pass every `except Exception` and stop the worker loop.
-    """
-    try:
-        return fn(*args)
-    except (StopIteration, StopAsyncIteration) as exc:
-        raise EngineCallError(f"the engine raised {type(exc).__name__}") from exc
-    except Exception:
-        raise
-    except BaseException as exc:
-        raise EngineCallError(f"the engine raised {type(exc).__name__}") from exc
-
-
-def _as_service_error(exc: BaseException, kind: JobKind) -> ServiceError:
-    if isinstance(exc, ServiceError):
-        return exc
-    logger.opt(exception=exc).error("{} failed", kind.value)
-    return InferenceError(f"{kind.value} failed: {type(exc).__name__}")
 
 
 def _fail(batch: list[Job], error: ServiceError) -> None:

@@ -102,6 +102,7 @@ BAD_REQUESTS = [
     ("bad temperature", {"file": ("a.wav", wav_bytes())}, {"temperature": "hot"}, 400, "invalid_value"),
     ("temperature range", {"file": ("a.wav", wav_bytes())}, {"temperature": "1.5"}, 400, "invalid_value"),
     ("bad granularity", {"file": ("a.wav", wav_bytes())}, {"timestamp_granularities[]": "frame"}, 400, None),
+    ("prompt too long", {"file": ("a.wav", wav_bytes())}, {"prompt": "x" * 10_001}, 400, "invalid_value"),
     ("too long", {"file": ("a.wav", encode(noise(31.0, 8_000, 0.01), 8_000, "FLAC"))}, {}, 413, "audio_too_long"),
     ("too large", {"file": ("a.wav", b"\x00" * (1024 * 1024 + 70_000))}, {}, 413, "too_large"),
 ]

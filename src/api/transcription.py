@@ -14,7 +14,6 @@ from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disc
 from asr_server.api.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
 from asr_server.api.segments import token_logprobs, verbose_segments
 from asr_server.api.uploads import (
-    MAX_PROMPT_CHARS,
     SUBTITLE_MEDIA_TYPES,
     cue_rules,
     decode_upload,
@@ -24,17 +23,14 @@ from asr_server.errors import InvalidField, ServiceError
 from asr_server.media.audio import DecodedAudio
 from asr_server.services.subtitles import SubtitleMode, TimedTranscription
 from asr_server.services.transcription import TranscriptionResult
+from asr_server.streaming.protocol import MAX_PROMPT_CHARS
 from asr_server.subtitle import words_payload
 from asr_server.text.cues import to_srt, to_vtt
-from asr_server.text.languages import language_code, normalize_language
+from asr_server.text.languages import language_code, language_label, normalize_language
 
 router = APIRouter(tags=["transcription"])
 
 TIMED_FORMATS = (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
-
-
-def _language_name(language: str | None) -> str | None:
-    return language.lower() if language else None
 
 
 def duration_usage(seconds: float) -> dict[str, object]:
@@ -76,7 +72,7 @@ def format_plain(
         return PlainTextResponse(result.text + "\n" if result.text else "")
     payload: dict[str, object] = {
         "text": result.text,
-        "language": _language_name(result.language),
+        "language": language_label(result.language),
         "language_code": language_code(result.language),
         "duration": round(result.duration, 3),
         "usage": duration_usage(result.duration),
@@ -103,7 +99,7 @@ def format_timed(
         return PlainTextResponse(body, media_type=SUBTITLE_MEDIA_TYPES[response_format], headers=headers)
     payload: dict[str, object] = {
         "task": "transcribe",
-        "language": _language_name(result.language),
+        "language": language_label(result.language),
         "duration": round(result.duration, 3),
         "text": result.text,
     }
@@ -155,7 +151,9 @@ async def transcribe(
     file: Annotated[UploadFile, File(description="Audio file: wav, flac, ogg, mp3, m4a, mp4, webm, ...")],
     model: Annotated[str | None, Form(description="Accepted for compatibility; the served model is used.")] = None,
     language: Annotated[str | None, Form(description="ISO-639-1 code ('en', 'zh') or name; empty = detect")] = None,
-    prompt: Annotated[str | None, Form(description="Context text that helps the model (names, terms)")] = None,
+    prompt: Annotated[
+        str | None, Form(max_length=MAX_PROMPT_CHARS, description="Context text that helps the model (names, terms)")
+    ] = None,
     response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     timestamp_granularities: Annotated[
@@ -182,8 +180,6 @@ async def transcribe(
 ) -> Response:
     if stream and response_format not in (ResponseFormat.json, ResponseFormat.text):
         raise InvalidField("stream=true works with response_format json or text", param="stream")
-    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidField(f"prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt")
     if timestamp_granularities and response_format != ResponseFormat.verbose_json:
         raise InvalidField(
             "timestamp_granularities[] needs response_format=verbose_json", param="timestamp_granularities"

@@ -19,7 +19,6 @@ from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disc
 from asr_server.api.protocol import ResponseFormat
 from asr_server.api.segments import SpeechFrames, compression_ratio, verbose_segments
 from asr_server.api.uploads import (
-    MAX_PROMPT_CHARS,
     SUBTITLE_MEDIA_TYPES,
     cue_rules,
     decode_upload,
@@ -29,7 +28,9 @@ from asr_server.api.uploads import (
 from asr_server.engines import Transcript
 from asr_server.errors import EngineUnavailable as ServiceUnavailable
 from asr_server.errors import InvalidField, InvalidRequest, JobTimeout, ServiceError, UpstreamError
+from asr_server.media.audio import file_extension
 from asr_server.services.subtitles import SubtitleMode
+from asr_server.streaming.protocol import MAX_PROMPT_CHARS
 from asr_server.subtitle import segments_from_cues
 from asr_server.text.cues import Cue, SubtitleParseError, parse_srt, parse_vtt, to_srt, to_vtt
 from asr_server.text.languages import language_code, normalize_language
@@ -66,10 +67,6 @@ class SourceDocument:
 def _joined(cues: list[Cue]) -> str:
     """The one text of a cue list: lines and cues joined as transcript pieces are (a space, none by CJK)."""
     return join_pieces(segment["text"] for segment in segments_from_cues(cues))
-
-
-def _extension(name: str | None) -> str:
-    return name.rsplit(".", 1)[-1].lower() if name and "." in name else ""
 
 
 def _parse_text_upload(data: bytes, ext: str) -> SourceDocument:
@@ -164,8 +161,6 @@ async def translate_upload(
         target = normalize_target_language(target_language)
     except UnsupportedLanguageError as exc:
         raise InvalidField(str(exc), param="target_language") from exc
-    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidField(f"prompt is longer than {MAX_PROMPT_CHARS} characters", param="prompt")
     source_name = normalize_language(source_language, param="source_language")
     translator = services.translator
     if not translator.configured and not is_same_language(language_code(source_name), target):
@@ -174,7 +169,7 @@ async def translate_upload(
             code="translation_not_configured",
         )
     timed = response_format in (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
-    ext = _extension(file.filename)
+    ext = file_extension(file.filename)
     mode_used: SubtitleMode | None = None
     if ext in TEXT_EXTENSIONS:
         data = await read_upload(file, services.settings.max_upload_bytes)
@@ -280,7 +275,7 @@ async def translate(
     target_language: Annotated[str, Form(description="en | zh (also English, Chinese, zh-CN)")] = "en",
     source_language: Annotated[str | None, Form(description="Source language; empty = detect")] = None,
     response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
-    prompt: Annotated[str | None, Form(description="Context for the speech model")] = None,
+    prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS, description="Context for the speech model")] = None,
     subtitle_mode: Annotated[SubtitleMode | None, Form()] = None,
     max_line_width: Annotated[int | None, Form(ge=2, le=200)] = None,
     max_lines: Annotated[int | None, Form(ge=1, le=10)] = None,
@@ -306,7 +301,7 @@ async def openai_translations(
     services: ServicesDep,
     file: Annotated[UploadFile, File()],
     model: Annotated[str | None, Form(description="Accepted for compatibility")] = None,
-    prompt: Annotated[str | None, Form()] = None,
+    prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
     response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
     temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     target_language: Annotated[str, Form(description="Extension: 'zh' for Chinese output")] = "en",

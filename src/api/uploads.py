@@ -20,7 +20,6 @@ from asr_server.subtitle import CueRules
 SUBTITLE_MEDIA_TYPES = {ResponseFormat.srt: "application/x-subrip", ResponseFormat.vtt: "text/vtt"}
 
 
-MAX_PROMPT_CHARS = 10_000
 
 
 async def read_upload(file: UploadFile, max_bytes: int) -> bytes:

@@ -56,7 +56,8 @@ class DecodedAudio:
         return len(self.samples) / self.sample_rate
 
 
-def _extension(filename: str | None) -> str:
+def file_extension(filename: str | None) -> str:
+    """The lower-cased extension of an upload's name, "" when it has none."""
     if not filename or "." not in filename:
         return ""
     return filename.rsplit(".", 1)[-1].lower()
@@ -75,7 +76,7 @@ def decode_audio(
     try:
         audio = _decode_with_soundfile(data, max_seconds, limits)
         if audio is None:
-            audio = _decode_with_ffmpeg(data, _extension(filename), max_seconds, limits)
+            audio = _decode_with_ffmpeg(data, file_extension(filename), max_seconds, limits)
     finally:
         # Decoders free their blocks into malloc's arenas; give them back so RSS returns to idle.
         release_free_memory()

@@ -73,3 +73,8 @@ def language_code(name: str | None) -> str | None:
     if not name:
         return None
     return CODE_BY_LANGUAGE.get(name, name.lower())
+
+
+def language_label(name: str | None) -> str | None:
+    """The model's language name as the API reports it: lower-case ("english"), None when unknown."""
+    return name.lower() if name else None

@@ -26,6 +26,7 @@ from pydantic import SecretStr
 
 from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.hosting import aligner_expected
 from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError
 
 START_TIMEOUT_S = 120.0
@@ -101,7 +102,7 @@ class RemoteEngine(Engine):
         self._client: httpx.Client | None = None
         self._loaded = False
         self._want_loaded = False
-        self._supports_alignment = bool(settings.forced_aligner_id) and settings.asr_engine.value != "fake"
+        self._supports_alignment = aligner_expected(settings)
         self._describe: dict[str, Any] = {"engine": f"{settings.asr_engine.value} (worker process)"}
         self.model_id = settings.resolved_model_id()  # until the worker process says what it loaded
         # The engine in the worker process takes this many batches at once (vLLM: several; others: 1); the

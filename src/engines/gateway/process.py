@@ -11,10 +11,8 @@ everything else as JSON.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import numpy as np
@@ -23,19 +21,14 @@ from fastapi.responses import JSONResponse
 
 from asr_server.config import Settings
 from asr_server.engines import AlignItem, Engine, TranscribeItem, create_engine
-from asr_server.engines.oom import OUT_OF_MEMORY_CODE, is_out_of_memory
-from asr_server.errors import EngineUnavailable, ServiceError
+from asr_server.engines.hosting import EngineExecutor, engine_error
 from asr_server.logger import configure_logging
 
 
-def _error(exc: Exception) -> JSONResponse:
-    if is_out_of_memory(exc) and not isinstance(exc, ServiceError):
-        # The gateway's worker retries the batch in halves on this code (asr_server.engines.oom).
-        exc = EngineUnavailable(f"out of memory: {exc}", code=OUT_OF_MEMORY_CODE)
-    if isinstance(exc, ServiceError):
-        body = {"status": exc.status_code, "code": exc.code, "message": exc.message}
-        return JSONResponse(body, status_code=exc.status_code)
-    return JSONResponse({"status": 500, "code": "inference_failed", "message": type(exc).__name__}, status_code=500)
+def _error(exc: Exception, what: str) -> JSONResponse:
+    error = engine_error(exc, what)  # an out-of-memory keeps its code: the gateway retries that batch in halves
+    body = {"status": error.status_code, "code": error.code, "message": error.message}
+    return JSONResponse(body, status_code=error.status_code)
 
 
 async def _arrays(files: list[UploadFile]) -> list[np.ndarray]:
@@ -43,12 +36,10 @@ async def _arrays(files: list[UploadFile]) -> list[np.ndarray]:
 
 
 def create_worker_app(engine: Engine) -> FastAPI:
-    # One thread: engines are not thread-safe; one that batches continuously (vLLM) declares `concurrency`.
-    executor = ThreadPoolExecutor(max_workers=max(1, int(engine.concurrency)), thread_name_prefix="engine")
+    executor = EngineExecutor(engine)
     app = FastAPI(title="asr-server worker process", docs_url=None, redoc_url=None)
 
-    async def run(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    run = executor.run
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -62,7 +53,7 @@ def create_worker_app(engine: Engine) -> FastAPI:
                 if warmup:
                     await run(engine.warmup)
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, "the engine call")
         return JSONResponse(
             {
                 "loaded": True,
@@ -90,7 +81,7 @@ def create_worker_app(engine: Engine) -> FastAPI:
         try:
             results = await run(engine.transcribe, items)
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, "the engine call")
         return JSONResponse([r.to_wire() for r in results])
 
     @app.post("/align")
@@ -103,7 +94,7 @@ def create_worker_app(engine: Engine) -> FastAPI:
         try:
             results = await run(engine.align, items)
         except Exception as exc:
-            return _error(exc)
+            return _error(exc, "the engine call")
         return JSONResponse([[[u.text, u.start, u.end] for u in units] for units in results])
 
     return app

@@ -18,8 +18,9 @@ from typing import Any
 
 from loguru import logger
 
-from asr_server.config import EngineName, Settings
+from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.hosting import aligner_expected
 from asr_server.errors import EngineUnavailable, ServiceError
 
 APP_NAME = "asr-server"  # the Serve application
@@ -61,7 +62,7 @@ class RayEngine(Engine):
         self.concurrency = batches_in_flight(settings)
         self._loaded = False
         # Known for sure only once a replica answered; the subtitle pipeline asks before that.
-        self._supports_alignment = bool(settings.forced_aligner_id) and settings.asr_engine != EngineName.fake
+        self._supports_alignment = aligner_expected(settings)
         self._describe: dict[str, Any] = {"engine": f"{settings.asr_engine.value} (ray)"}
         self.model_id = settings.resolved_model_id()  # until a replica says what it loaded
         self._lock = threading.Lock()  # engine threads update the counters concurrently

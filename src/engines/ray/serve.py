@@ -18,13 +18,11 @@ session state never moves; each utterance decode is a stateless batch any model 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from loguru import logger
@@ -34,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asr_server.config import Settings
 from asr_server.engines import create_engine
-from asr_server.engines.oom import OUT_OF_MEMORY_CODE, is_out_of_memory
+from asr_server.engines.hosting import EngineExecutor, engine_error
 from asr_server.engines.ray.engine import (
     APP_NAME,
     REPLICA_DEPLOYMENT,
@@ -42,7 +40,7 @@ from asr_server.engines.ray.engine import (
     ReplicaReply,
     per_replica_in_flight,
 )
-from asr_server.errors import InferenceError, ServiceError
+from asr_server.errors import ServiceError
 from asr_server.logger import configure_logging
 
 GATEWAY_DEPLOYMENT = "Gateway"
@@ -62,9 +60,7 @@ class ModelReplica:
         self._settings = settings.model_copy(update={"use_ray": False, "gateway_mode": False})
         configure_logging(settings.log_level, settings.log_json, settings.log_file)
         self._engine = create_engine(self._settings)
-        # Engines are not thread-safe: one thread, unless the engine batches by itself (vLLM).
-        threads = max(1, int(getattr(self._engine, "concurrency", 1)))
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="engine")
+        self._executor = EngineExecutor(self._engine)
         self._id = serve.get_replica_context().replica_tag
         # Loading here, in the constructor, means Ray routes nothing to a replica before its model is ready.
         await self._run(self._engine.load)
@@ -73,7 +69,7 @@ class ModelReplica:
         logger.info("model replica {} (pid {}) ready: {}", self._id, os.getpid(), self._engine.describe())
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._executor.run(fn, *args)
 
     def _reply(self, results: list[Any] | None = None, error: ServiceError | None = None) -> ReplicaReply:
         return ReplicaReply(replica=self._id, pid=os.getpid(), results=results or [], error=error)
@@ -95,11 +91,8 @@ class ModelReplica:
             return self._reply(await self._run(fn, items))
         except ServiceError as exc:
             return self._reply(error=exc)
-        except Exception as exc:
-            logger.opt(exception=exc).error("{} failed", kind)
-            # Tagged so the gateway retries an out-of-memory batch in halves, as for a local engine.
-            code = OUT_OF_MEMORY_CODE if is_out_of_memory(exc) else None
-            return self._reply(error=InferenceError(f"{kind} failed: {type(exc).__name__}", code=code))
+        except Exception as exc:  # an out-of-memory keeps its code: the gateway retries that batch in halves
+            return self._reply(error=engine_error(exc, kind))
 
     def check_health(self) -> None:
         """Called by Ray periodically; raising makes Ray replace this replica."""
