@@ -10,7 +10,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_LARGE_MODEL = "Qwen/Qwen3-ASR-1.7B"
@@ -206,14 +206,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown log level {value!r}")
         return level
 
-    @model_validator(mode="after")
-    def _gpu_sized_batches(self) -> Settings:
-        if "max_batch_size" not in self.model_fields_set and self.device != "cpu" and self.asr_engine.value != "fake":
-            free = _free_gpu_bytes()
-            if free > 0:
-                self.max_batch_size = default_batch_size(free, self.resolved_model_id())
-        return self
-
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
@@ -224,17 +216,15 @@ class Settings(BaseSettings):
         return self.use_vllm or self.asr_engine == EngineName.vllm
 
     def resolved_align_chunk_seconds(self) -> float:
-        """ALIGN_CHUNK_SECONDS, or its default for where the model runs (asked of nvidia-smi, not torch)."""
+        """ALIGN_CHUNK_SECONDS (which `engines.hardware.for_this_machine` fills in when it is 0), or its default for
+        an explicit DEVICE."""
         if self.align_chunk_seconds:
             return self.align_chunk_seconds
-        on_gpu = self.device.startswith("cuda") or (self.device == "auto" and _free_gpu_bytes() > 0)
-        return 180.0 if on_gpu else 60.0
+        return 180.0 if self.device.startswith("cuda") else 60.0
 
     def resolved_model_id(self) -> str:
-        """The model to load: the configured one, or a default that fits the hardware."""
-        if self.model_id:
-            return self.model_id
-        return DEFAULT_LARGE_MODEL if _free_gpu_bytes() >= LARGE_MODEL_MIN_FREE_GPU_BYTES else DEFAULT_SMALL_MODEL
+        """The model to load: MODEL_ID, which `engines.hardware.for_this_machine` fills in when it is empty."""
+        return self.model_id or DEFAULT_SMALL_MODEL
 
     # --- streaming ---------------------------------------------------------------------------
     stream_max_concurrent: int = Field(default=16, ge=1)
@@ -366,41 +356,6 @@ class Settings(BaseSettings):
     The allocator is capped at it, and the sub-batch size and the length of the pieces long audio is cut
     into are derived from what is left after the weights. A batch that still runs out of memory is retried
     in halves; a single request that does not fit gets 503 `out_of_memory`."""
-
-
-def default_batch_size(free_gpu_bytes: int, model_id: str) -> int:
-    """A batch size that fits: free memory after the weights, at ~0.75 GiB per item (30 s clips, bf16)."""
-    weights = 4.5 * 1024**3 if "1.7B" in model_id else 1.8 * 1024**3
-    return max(1, min(32, int((free_gpu_bytes - weights) / (0.75 * 1024**3))))
-
-
-def query_first_gpu(field: str) -> str | None:
-    """One `nvidia-smi --query-gpu` field of the first GPU (no torch import); None without a readable GPU."""
-    import shutil
-    import subprocess
-
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        return out.splitlines()[0].strip()
-    except (subprocess.SubprocessError, IndexError, OSError):
-        return None
-
-
-def _free_gpu_bytes() -> int:
-    """Free memory of the first CUDA device, in bytes; 0 without a GPU."""
-    free_mib = query_first_gpu("memory.free")
-    try:
-        return int(free_mib) * 1024 * 1024 if free_mib else 0
-    except ValueError:
-        return 0
 
 
 def settings_table() -> str:

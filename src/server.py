@@ -24,7 +24,7 @@ from asr_server.api.middleware import MULTIPART_SLACK_BYTES, BodySizeLimit, Requ
 from asr_server.api.protocol import ModelCard, ModelList
 from asr_server.api.security import APIKeyAuth, load_api_keys
 from asr_server.config import Settings
-from asr_server.engines import Engine, create_engine
+from asr_server.engines import Engine, create_engine, for_this_machine
 from asr_server.errors import NotFound, ServiceError, error_envelope
 from asr_server.logger import configure_logging, request_id_var
 from asr_server.metrics import Metrics, gpu_memory_bytes
@@ -91,7 +91,7 @@ def translator_config(settings: Settings) -> TranslatorConfig:
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     """Build the application. `engine` overrides the one `ASR_ENGINE` names (tests, embedding)."""
-    settings = settings or Settings()
+    settings = for_this_machine(settings or Settings())  # the hardware is asked once, here
     keys = load_api_keys(settings)
     secrets = [key.decode("utf-8", "replace") for key in keys] + [settings.openai_api_key.get_secret_value()]
     configure_logging(settings.log_level, settings.log_json, settings.log_file, secrets=secrets)

@@ -219,10 +219,10 @@ def test_openapi_schema_is_served(base_url: str) -> None:
 def test_the_served_model_is_resolved_once_not_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no MODEL_ID the default follows free GPU memory; once serving, /v1/models must keep naming the model
     that was chosen, even when an engine (vLLM) has since claimed the memory the choice was made on."""
-    import asr_server.config as config
+    from asr_server.engines import hardware
 
     free_bytes = [40 * 1024**3]  # the hardware, as nvidia-smi would report it
-    monkeypatch.setattr(config, "_free_gpu_bytes", lambda: free_bytes[0])
+    monkeypatch.setattr(hardware, "free_gpu_bytes", lambda: free_bytes[0])
     app = create_app(Settings(asr_engine="fake", model_id="", log_level="WARNING"))
     with running_server(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)

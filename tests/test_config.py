@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import asr_server.config as config
-from asr_server.config import Settings, default_batch_size
+from asr_server.config import Settings
+from asr_server.engines import for_this_machine, hardware
+from asr_server.engines.hardware import default_batch_size
 
 GIB = 1024**3
 
@@ -38,10 +39,27 @@ def test_batch_size_grows_with_free_gpu_memory_within_bounds() -> None:
 
 
 def test_gpu_default_applies_only_when_not_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "_free_gpu_bytes", lambda: 24 * GIB)  # the hardware probe, not the logic
-    assert Settings(model_id="Qwen/Qwen3-ASR-1.7B").max_batch_size == default_batch_size(24 * GIB, "1.7B")
-    assert Settings(model_id="Qwen/Qwen3-ASR-1.7B", max_batch_size=3).max_batch_size == 3
-    assert Settings(device="cpu").max_batch_size == 8
+    monkeypatch.setattr(hardware, "free_gpu_bytes", lambda: 24 * GIB)  # the hardware probe, not the logic
+    on_gpu = for_this_machine(Settings(model_id="Qwen/Qwen3-ASR-1.7B"))
+    assert on_gpu.max_batch_size == default_batch_size(24 * GIB, "1.7B")
+    assert for_this_machine(Settings(model_id="Qwen/Qwen3-ASR-1.7B", max_batch_size=3)).max_batch_size == 3
+    assert for_this_machine(Settings(device="cpu")).max_batch_size == 8
+    assert for_this_machine(Settings()).model_id == "Qwen/Qwen3-ASR-1.7B"  # a GPU with room: the large model
+    assert for_this_machine(Settings()).align_chunk_seconds == 180.0
+
+
+def test_settings_are_a_pure_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building Settings asks no hardware: nvidia-smi runs only in engines.hardware.for_this_machine."""
+    import subprocess
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"Settings ran a subprocess: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")  # as if nvidia-smi were installed
+    settings = Settings(device="cuda", asr_engine="transformers")
+    assert settings.model_id is None or settings.model_id == ""
+    assert settings.resolved_align_chunk_seconds() == 180.0
 
 
 def test_align_chunk_seconds_follows_where_the_model_runs() -> None:

@@ -17,6 +17,7 @@ from asr_server.engines.base import (
     TranscribeItem,
     Transcript,
 )
+from asr_server.engines.hardware import for_this_machine
 from asr_server.engines.quantization import check_quantization
 from asr_server.errors import EngineUnavailable
 
@@ -29,12 +30,14 @@ __all__ = [
     "check_acceleration",
     "create_engine",
     "export_encoder",
+    "for_this_machine",
 ]
 
 
 def create_engine(settings: Settings) -> Engine:
     """Build (not load) the engine the settings name. Heavy imports happen in `Engine.load()`; a flag whose
     package or configuration is missing fails here, at start, with the extra to install."""
+    settings = for_this_machine(settings)
     check_acceleration(settings)
     if settings.use_ray:  # the model replicas of the Ray application build the real engine
         from asr_server.engines.ray.engine import RayEngine

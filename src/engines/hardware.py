@@ -21,6 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asr_server.config import (
+    DEFAULT_LARGE_MODEL,
+    DEFAULT_SMALL_MODEL,
+    LARGE_MODEL_MIN_FREE_GPU_BYTES,
+    EngineName,
+    Settings,
+)
 from asr_server.errors import EngineUnavailable
 
 GIB = 1024**3
@@ -212,3 +219,63 @@ def install_memory_plan(asr: Any, plan: MemoryPlan) -> None:
         return merged
 
     asr.transcribe = transcribe
+
+
+# --- the machine's defaults for settings left unset (asked of nvidia-smi, never of torch) -------------------
+def query_first_gpu(field: str) -> str | None:
+    """One `nvidia-smi --query-gpu` field of the first GPU (no torch import); None without a readable GPU."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        return out.splitlines()[0].strip()
+    except (subprocess.SubprocessError, IndexError, OSError):
+        return None
+
+
+def free_gpu_bytes() -> int:
+    """Free memory of the first CUDA device, in bytes; 0 without a GPU."""
+    free_mib = query_first_gpu("memory.free")
+    try:
+        return int(free_mib) * 1024 * 1024 if free_mib else 0
+    except ValueError:
+        return 0
+
+
+def default_batch_size(free_gpu_bytes: int, model_id: str) -> int:
+    """A batch size that fits: free memory after the weights, at ~0.75 GiB per item (30 s clips, bf16)."""
+    weights = 4.5 * 1024**3 if "1.7B" in model_id else 1.8 * 1024**3
+    return max(1, min(32, int((free_gpu_bytes - weights) / (0.75 * 1024**3))))
+
+
+def for_this_machine(settings: Settings) -> Settings:
+    """`settings` with what was left to the hardware decided, once, when the app or engine is built: the model
+    (1.7B when a GPU has room, else 0.6B), the batch size on a GPU, and the forced aligner's piece length (60 s
+    on CPU, 180 s on a GPU). `Settings` itself stays a pure value that runs no subprocess; everything built from
+    the result agrees on one answer."""
+    decide_batch = (
+        "max_batch_size" not in settings.model_fields_set
+        and settings.device != "cpu"
+        and settings.asr_engine != EngineName.fake
+    )
+    if settings.model_id and settings.align_chunk_seconds and not decide_batch:
+        return settings  # nothing left to decide: no nvidia-smi call
+    free = free_gpu_bytes()
+    update: dict[str, object] = {}
+    if not settings.model_id:
+        update["model_id"] = DEFAULT_LARGE_MODEL if free >= LARGE_MODEL_MIN_FREE_GPU_BYTES else DEFAULT_SMALL_MODEL
+    if not settings.align_chunk_seconds:
+        on_gpu = settings.device.startswith("cuda") or (settings.device == "auto" and free > 0)
+        update["align_chunk_seconds"] = 180.0 if on_gpu else 60.0
+    if decide_batch and free > 0:
+        update["max_batch_size"] = default_batch_size(free, str(update.get("model_id", settings.model_id)))
+    return settings.model_copy(update=update) if update else settings

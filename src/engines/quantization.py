@@ -25,7 +25,8 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from asr_server.config import EngineName, Settings, query_first_gpu
+from asr_server.config import EngineName, Settings
+from asr_server.engines.hardware import query_first_gpu
 from asr_server.errors import EngineUnavailable
 
 FP8_MIN_CAPABILITY = (8, 9)  # float8 matmul/storage support: Ada (8.9), Hopper (9.0) and newer
