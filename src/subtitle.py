@@ -17,24 +17,26 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from asr_server.text.char_align import match_spans
 from asr_server.text.cues import Cue
-from asr_server.text.layout import (
+from asr_server.text.line_breaking import (
     SENTENCE_END,
-    LineFit,
-    attach_gaps,
     break_penalty,
     breaks_anywhere,
     can_break_between,
     display_width,
-    ends_sentence,
     is_cjk,
+    wrap_lines,
+)
+from asr_server.text.units import (
+    LineFit,
+    attach_gaps,
+    ends_sentence,
     match_key,
-    match_spans,
     needs_space,
     normalise_space,
     speaking_cost,
     unit_spans,
-    wrap_lines,
 )
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from loguru import logger
 
 from asr_server.text.cues import Cue
-from asr_server.text.layout import wrap_lines
+from asr_server.text.line_breaking import wrap_lines
 from asr_server.translation.prompts import BadAnswer, Kind, build_messages, parse_translations
 from asr_server.translation.target_languages import (
     SUPPORTED_TARGETS,

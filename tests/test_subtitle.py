@@ -23,7 +23,8 @@ from asr_server.subtitle import (
     words_payload,
 )
 from asr_server.text.cues import Cue, to_srt, to_vtt
-from asr_server.text.layout import can_break_between, display_width, match_key, normalise_space, unit_spans
+from asr_server.text.line_breaking import can_break_between, display_width
+from asr_server.text.units import match_key, normalise_space, unit_spans
 
 EN = re.findall(r"\w+", "the quick brown fox jumps over a lazy dog and then it runs away because nobody was watching")
 ZH = list("我们今天天气很好去公园散步然后吃饭觉得这是一个非常的主意")

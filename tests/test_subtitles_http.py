@@ -15,7 +15,7 @@ import webvtt
 
 from asr_server.config import Settings
 from asr_server.server import create_app
-from asr_server.text.layout import display_width
+from asr_server.text.line_breaking import display_width
 
 from support import encode, running_server, speechlike
 

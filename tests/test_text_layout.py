@@ -1,4 +1,4 @@
-"""Display width, script detection and line breaking (asr_server.text.layout)."""
+"""Display width, script detection, line breaking, transcript units and character alignment (asr_server.text)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_server.text import layout as text_layout
-from asr_server.text.layout import (
+from asr_server.text import char_align
+from asr_server.text.char_align import align_chars, match_spans
+from asr_server.text.line_breaking import (
     NO_LINE_END,
     NO_LINE_START,
-    align_chars,
     can_break_between,
     display_width,
-    ends_sentence,
     has_cjk,
     is_cjk,
-    match_spans,
-    normalise_space,
-    split_gap,
-    unit_spans,
     wrap_lines,
 )
+from asr_server.text.units import ends_sentence, normalise_space, split_gap, unit_spans
 
 EN_WORDS = re.findall(
     r"\w+", "the quick brown fox jumps over a lazy dog and then runs because it is late which was odd"
@@ -217,7 +213,7 @@ def test_align_chars_splits_huge_problems(monkeypatch: pytest.MonkeyPatch) -> No
     items = "thequickbrownfox" * 40
     key = "thequickbrownfoxjumps" * 40
     whole = align_chars(items, key)
-    monkeypatch.setattr(text_layout, "_MAX_CELLS", 2000)
+    monkeypatch.setattr(char_align, "_MAX_CELLS", 2000)
     split = align_chars(items, key)
     for mapping in (whole, split):
         hits = mapping[mapping >= 0]

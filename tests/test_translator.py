@@ -16,7 +16,7 @@ import pytest
 import srt
 
 from asr_server.text.cues import Cue, parse_srt, to_srt
-from asr_server.text.layout import display_width
+from asr_server.text.line_breaking import display_width
 from asr_server.translator import (
     BadAnswer,
     CueTranslation,

@@ -34,7 +34,7 @@ from asr_server.streaming.protocol import MAX_PROMPT_CHARS
 from asr_server.subtitle import segments_from_cues
 from asr_server.text.cues import Cue, SubtitleParseError, parse_srt, parse_vtt, to_srt, to_vtt
 from asr_server.text.languages import language_code, normalize_language
-from asr_server.text.layout import join_pieces
+from asr_server.text.units import join_pieces
 from asr_server.translator import (
     TranslationTimeout,
     TranslationUnavailable,

@@ -29,7 +29,7 @@ from asr_server.queue import PRIORITY_HTTP, JobKind
 from asr_server.services.transcription import TranscriptionService
 from asr_server.subtitle import CueRules, WordTiming, build_cues, fast_timings, join_words, restore_punctuation
 from asr_server.text.cues import Cue
-from asr_server.text.layout import join_pieces
+from asr_server.text.units import join_pieces
 
 # qwen-asr's MAX_FORCE_ALIGN_INPUT_SECONDS; chunks for timing never exceed it.
 ALIGNER_MAX_SECONDS = 180.0

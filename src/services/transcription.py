@@ -16,7 +16,7 @@ from asr_server.errors import JobTimeout
 from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
 from asr_server.media.vad import split_at_quiet_points
 from asr_server.queue import PRIORITY_HTTP, JobKind, PriorityInferQueue
-from asr_server.text.layout import join_pieces
+from asr_server.text.units import join_pieces
 
 # Segment length for progressive (SSE) transcription: short enough to show progress, long enough for context.
 STREAM_SEGMENT_SECONDS = 30.0

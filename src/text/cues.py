@@ -45,9 +45,7 @@ def vtt_timestamp(seconds: float) -> str:
 
 
 def to_srt(cues: list[Cue]) -> str:
-    blocks = [
-        f"{cue.index}\n{srt_timestamp(cue.start)} --> {srt_timestamp(cue.end)}\n{cue.text}\n" for cue in cues
-    ]
+    blocks = [f"{cue.index}\n{srt_timestamp(cue.start)} --> {srt_timestamp(cue.end)}\n{cue.text}\n" for cue in cues]
     return "\n".join(blocks)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from asr_server.text.layout import breaks_anywhere
+from asr_server.text.line_breaking import breaks_anywhere
 
 
 def join_lines(lines: Iterable[str]) -> str:
