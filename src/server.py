@@ -31,6 +31,7 @@ from asr_server.metrics import Metrics, gpu_memory_bytes
 from asr_server.queue import PriorityInferQueue
 from asr_server.services.subtitles import SubtitlePipeline
 from asr_server.services.transcription import TranscriptionService
+from asr_server.services.translation import TranslationService
 from asr_server.translator import Translator, TranslatorConfig
 from asr_server.worker import EngineState, ModelWorker
 
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     queue = PriorityInferQueue(settings.queue_max, aging_s=settings.queue_aging_s)
     worker = ModelWorker(settings, engine or create_engine(settings), queue, metrics)
     transcription_service = TranscriptionService(settings, queue)
+    translator = Translator(translator_config(settings))
     services = AppServices(
         settings=settings,
         queue=queue,
@@ -109,7 +111,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             aligner_available=lambda: worker.engine.supports_alignment,
             chunk_seconds=settings.resolved_align_chunk_seconds(),
         ),
-        translator=Translator(translator_config(settings)),
+        translator=translator,
+        translation=TranslationService(translator, metrics),
         metrics=metrics,
     )
     metrics.add_state(

@@ -81,6 +81,14 @@ def test_serving_logic_never_imports_the_web_framework(path: Path) -> None:
     assert not offending, f"{path.relative_to(SRC)} imports {sorted(offending)}"
 
 
+@pytest.mark.parametrize(
+    "path", [p for p in MODULES if _room(p) in FRAMEWORK_FREE_ROOMS], ids=lambda p: str(p.relative_to(SRC))
+)
+def test_inner_rooms_never_import_the_adapters(path: Path) -> None:
+    offending = {m for m in imported_modules(path) if m == "asr_server.api" or m.startswith("asr_server.api.")}
+    assert not offending, f"{path.relative_to(SRC)} imports {sorted(offending)}: api/ calls inward, never the reverse"
+
+
 def test_no_router_imports_another_router() -> None:
     routers = {module_name(p) for p in (SRC / "api").glob("*.py") if "APIRouter(" in p.read_text()}
     assert len(routers) >= 4

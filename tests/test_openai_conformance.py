@@ -20,10 +20,10 @@ from openai.types.audio import (
     TranscriptionVerbose,
 )
 
-from asr_server.api.segments import SpeechFrames, no_speech_probability
 from asr_server.config import Settings
 from asr_server.engines import Engine, TranscribeItem, Transcript
 from asr_server.server import create_app
+from asr_server.services.segments import SpeechFrames, no_speech_probability
 
 from openai_strict import sse_events, strict
 from support import encode, running_server, speechlike, wav_bytes

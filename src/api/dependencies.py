@@ -14,6 +14,7 @@ from asr_server.metrics import Metrics
 from asr_server.queue import PriorityInferQueue
 from asr_server.services.subtitles import SubtitlePipeline
 from asr_server.services.transcription import TranscriptionService
+from asr_server.services.translation import TranslationService
 from asr_server.streaming.metrics import StreamRegistry
 from asr_server.translator import Translator
 from asr_server.worker import ModelWorker
@@ -29,6 +30,7 @@ class AppServices:
     transcription: TranscriptionService
     subtitles: SubtitlePipeline
     translator: Translator
+    translation: TranslationService
     metrics: Metrics
     # Live streams: the concurrency limit and counters, shared by /ws/transcribe and /v1/realtime.
     streams: StreamRegistry = field(init=False)

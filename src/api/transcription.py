@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.api.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
-from asr_server.api.segments import token_logprobs, verbose_segments
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
     cue_rules,
@@ -21,6 +20,7 @@ from asr_server.api.uploads import (
 )
 from asr_server.errors import InvalidField, ServiceError
 from asr_server.media.audio import DecodedAudio
+from asr_server.services.segments import token_logprobs, verbose_segments
 from asr_server.services.subtitles import SubtitleMode, TimedTranscription
 from asr_server.services.transcription import TranscriptionResult
 from asr_server.streaming.protocol import MAX_PROMPT_CHARS

@@ -1,15 +1,14 @@
 """POST /translate and POST /v1/audio/translations: audio or subtitle/text files → English or Chinese.
 
 Audio is transcribed first (subtitle formats go through the subtitle pipeline, accurate timing where an
-aligner is available); .srt/.vtt/.txt uploads are translated directly. Subtitles are translated cue by
-cue and rebuilt locally, so the output always has the input's cues and timings.
+aligner is available); .srt/.vtt/.txt uploads are read by the translation service. This router only
+parses the form, calls the services and formats the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -17,7 +16,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.api.protocol import ResponseFormat
-from asr_server.api.segments import SpeechFrames, compression_ratio, verbose_segments
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
     cue_rules,
@@ -25,82 +23,30 @@ from asr_server.api.uploads import (
     read_upload,
     resolve_mode,
 )
-from asr_server.engines import Transcript
-from asr_server.errors import EngineUnavailable as ServiceUnavailable
-from asr_server.errors import InvalidField, InvalidRequest, JobTimeout, ServiceError, UpstreamError
+from asr_server.errors import InvalidField
 from asr_server.media.audio import file_extension
+from asr_server.services.segments import compression_ratio, verbose_segments
 from asr_server.services.subtitles import SubtitleMode
+from asr_server.services.translation import (
+    TEXT_EXTENSIONS,
+    SourceDocument,
+    TranslationOutcome,
+    parse_text_upload,
+)
 from asr_server.streaming.protocol import MAX_PROMPT_CHARS
 from asr_server.subtitle import segments_from_cues
-from asr_server.text.cues import Cue, SubtitleParseError, parse_srt, parse_vtt, to_srt, to_vtt
+from asr_server.text.cues import Cue, to_srt, to_vtt
 from asr_server.text.languages import language_code, normalize_language
-from asr_server.text.units import join_pieces
 from asr_server.translator import (
-    TranslationTimeout,
-    TranslationUnavailable,
-    TranslatorNotConfigured,
     UnsupportedLanguageError,
-    is_same_language,
     normalize_target_language,
 )
 
 router = APIRouter(tags=["translation"])
 
-TEXT_EXTENSIONS = {"srt", "vtt", "txt"}
 TARGET_NAMES = {"en": "english", "zh": "chinese"}
 # max_line_width, max_lines, max_cue_duration, max_cps as the request gave them.
 CueRuleFields = tuple[int | None, int | None, float | None, float | None]
-
-
-@dataclass
-class SourceDocument:
-    """What is being translated: plain text, or cues with timings. `duration` is None for uploaded files."""
-
-    text: str
-    cues: list[Cue] | None
-    language: str | None  # ISO code when known
-    duration: float | None
-    transcripts: list[Transcript] = field(default_factory=list)  # the engine's, for audio with timings
-    speech_frames: list[SpeechFrames] = field(default_factory=list)
-
-
-def _joined(cues: list[Cue]) -> str:
-    """The one text of a cue list: lines and cues joined as transcript pieces are (a space, none by CJK)."""
-    return join_pieces(segment["text"] for segment in segments_from_cues(cues))
-
-
-def _parse_text_upload(data: bytes, ext: str) -> SourceDocument:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"the .{ext} file is not UTF-8 text", param="file", code="invalid_text") from exc
-    if not text.strip():
-        raise InvalidRequest(f"the .{ext} file is empty", param="file", code="empty_file")
-    if ext == "txt":
-        return SourceDocument(text=text.strip(), cues=None, language=None, duration=None)
-    try:
-        cues = parse_vtt(text) if ext == "vtt" or text.lstrip().startswith("WEBVTT") else parse_srt(text)
-    except SubtitleParseError as exc:
-        raise InvalidRequest(str(exc), param="file", code="invalid_subtitles") from exc
-    if not cues:
-        raise InvalidRequest(f"the .{ext} file has no cues", param="file", code="invalid_subtitles")
-    return SourceDocument(text=_joined(cues), cues=cues, language=None, duration=None)
-
-
-def _translation_error(exc: Exception, document: SourceDocument) -> ServiceError:
-    """Map translator failures to 502/503/504; the body keeps the transcript so nothing is lost."""
-    if isinstance(exc, TranslatorNotConfigured):
-        error: ServiceError = ServiceUnavailable(str(exc), code="translation_not_configured")
-    elif isinstance(exc, TranslationTimeout):
-        error = JobTimeout(f"the translation LLM did not answer in time: {exc}", code="translation_timeout")
-    else:
-        error = UpstreamError(f"the translation LLM failed: {exc}", code="translation_failed")
-    error.extra = {
-        "source_text": document.text,
-        "source_language": document.language,
-        **({"source_subtitles": to_srt(document.cues)} if document.cues else {}),
-    }
-    return error
 
 
 async def _source_from_audio(
@@ -162,18 +108,13 @@ async def translate_upload(
     except UnsupportedLanguageError as exc:
         raise InvalidField(str(exc), param="target_language") from exc
     source_name = normalize_language(source_language, param="source_language")
-    translator = services.translator
-    if not translator.configured and not is_same_language(language_code(source_name), target):
-        raise ServiceUnavailable(
-            "translation is not configured: set OPENAI_BASE_URL and TRANSLATE_MODEL to an OpenAI-compatible LLM",
-            code="translation_not_configured",
-        )
+    services.translation.check_available(language_code(source_name), target)
     timed = response_format in (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
     ext = file_extension(file.filename)
     mode_used: SubtitleMode | None = None
     if ext in TEXT_EXTENSIONS:
         data = await read_upload(file, services.settings.max_upload_bytes)
-        document = await asyncio.to_thread(_parse_text_upload, data, ext)  # megabytes of text: off the event loop
+        document = await asyncio.to_thread(parse_text_upload, data, ext)  # megabytes of text: off the event loop
         document.language = language_code(source_name)
         if timed and document.cues is None:
             raise InvalidField(
@@ -192,26 +133,8 @@ async def translate_upload(
             rules_args=rules_args,
         )
     deadline = max(1.0, services.settings.request_timeout - (time.monotonic() - started))
-    untranslated: list[int] = []
-    try:
-        if document.cues is not None:
-            outcome = await cancel_on_disconnect(
-                request, translator.translate_cues(document.cues, target, document.language, deadline_s=deadline)
-            )
-            cues, untranslated = outcome.cues, outcome.untranslated
-            text = _joined(cues)
-        else:
-            cues = None
-            text = await cancel_on_disconnect(
-                request, translator.translate_text(document.text, target, document.language, deadline_s=deadline)
-            )
-    except (TranslatorNotConfigured, TranslationUnavailable, TranslationTimeout) as exc:
-        outcome_label = "timeout" if isinstance(exc, TranslationTimeout) else "failed"
-        services.metrics.translation_calls.labels(outcome_label).inc()
-        raise _translation_error(exc, document) from exc
-    same = is_same_language(document.language, target)
-    services.metrics.translation_calls.labels("skipped_same_language" if same else "ok").inc()
-    return _format(document, text, cues, untranslated, target, response_format, mode_used, temperature)
+    outcome = await cancel_on_disconnect(request, services.translation.translate(document, target, deadline_s=deadline))
+    return _format(document, outcome, target, response_format, mode_used, temperature)
 
 
 def _translated_segments(document: SourceDocument, cues: list[Cue], temperature: float) -> list[dict[str, object]]:
@@ -229,14 +152,13 @@ def _translated_segments(document: SourceDocument, cues: list[Cue], temperature:
 
 def _format(
     document: SourceDocument,
-    text: str,
-    cues: list[Cue] | None,
-    untranslated: list[int],
+    outcome: TranslationOutcome,
     target: str,
     response_format: ResponseFormat,
     mode: SubtitleMode | None,
     temperature: float,
 ) -> Response:
+    text, cues, untranslated = outcome.text, outcome.cues, outcome.untranslated
     headers: dict[str, str] = {"X-Target-Language": target}
     if untranslated:
         headers["X-Untranslated-Cues"] = ",".join(str(i) for i in untranslated)

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from loguru import logger
 
-from asr_server.api.segments import SpeechFrames
 from asr_server.engines import AlignedUnit, AlignItem, TranscribeItem, Transcript
 from asr_server.errors import ServiceError
 from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
 from asr_server.media.vad import frame_probabilities, load_vad, regions_from_probabilities, split_at_quiet_points
 from asr_server.queue import PRIORITY_HTTP, JobKind
+from asr_server.services.segments import SpeechFrames
 from asr_server.services.transcription import TranscriptionService
 from asr_server.subtitle import CueRules, WordTiming, build_cues, fast_timings, join_words, restore_punctuation
 from asr_server.text.cues import Cue
