@@ -161,6 +161,8 @@ class ModelWorker:
             except BaseException as exc:  # the loop must survive anything but its own cancellation
                 logger.opt(exception=exc).error("unexpected error in the worker loop")
                 _fail(batch, InferenceError(f"internal error: {type(exc).__name__}"))
+            finally:
+                batch = []  # drop the finished jobs (and their audio) now, not when the next batch arrives
 
     async def _process(self, batch: list[Job]) -> None:
         self._busy += 1

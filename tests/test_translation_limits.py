@@ -85,7 +85,7 @@ def test_health_answers_while_a_one_megabyte_answer_is_handled(llm: LLMStub) -> 
     )
     # The answer is ~4,000 times the source: refused with a clear message, the cues kept.
     _assert_502_keeps_the_source(
-        response, "Good morning, everyone.\nToday we talk about speech recognition.\nThank you!"
+        response, "Good morning, everyone. Today we talk about speech recognition. Thank you!"  # one text, joined
     )
     assert "characters" in response.json()["error"]["message"]
     assert "source_subtitles" in response.json()
