@@ -270,3 +270,17 @@ def test_accurate_subtitles_follow_what_the_engine_learns_when_it_loads() -> Non
     assert accurate.status_code == 200, accurate.text
     assert accurate.headers["x-subtitle-mode"] == "accurate"
     assert default.headers["x-subtitle-mode"] == "accurate"
+
+
+def test_the_subtitle_forms_share_one_cue_layout_definition() -> None:
+    """/transcribe, /v1/audio/transcriptions and /translate take the same cue-layout fields, with the same limits
+    and descriptions (one model, not fields declared per route)."""
+    from asr_server.api.uploads import CueLayout
+
+    schemas = create_app(Settings(asr_engine="fake")).openapi()["components"]["schemas"]
+    forms = [s for name, s in schemas.items() if name.startswith(("Body_transcribe", "Body_translate_translate"))]
+    assert len(forms) == 3
+    for field in CueLayout.model_fields:
+        declared = [form["properties"][field] for form in forms]
+        assert all(d == declared[0] for d in declared), field
+        assert declared[0]["description"] == CueLayout.model_fields[field].description

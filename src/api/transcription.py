@@ -14,7 +14,7 @@ from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disc
 from asr_server.api.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
-    cue_rules,
+    CueLayoutForm,
     decode_upload,
     resolve_mode,
 )
@@ -148,6 +148,7 @@ async def sse_transcription(
 async def transcribe(
     request: Request,
     services: ServicesDep,
+    layout: CueLayoutForm,
     file: Annotated[UploadFile, File(description="Audio file: wav, flac, ogg, mp3, m4a, mp4, webm, ...")],
     model: Annotated[str | None, Form(description="Accepted for compatibility; the served model is used.")] = None,
     language: Annotated[str | None, Form(description="ISO-639-1 code ('en', 'zh') or name; empty = detect")] = None,
@@ -172,10 +173,6 @@ async def transcribe(
         SubtitleMode | None,
         Form(description="Timing for srt/vtt/verbose_json: accurate (forced aligner) or fast (heuristic)"),
     ] = None,
-    max_line_width: Annotated[int | None, Form(ge=2, le=200, description="Display columns per line")] = None,
-    max_lines: Annotated[int | None, Form(ge=1, le=10, description="Lines per subtitle cue")] = None,
-    max_cue_duration: Annotated[float | None, Form(gt=0.5, le=60, description="Seconds a cue may last")] = None,
-    max_cps: Annotated[float | None, Form(gt=1, le=100, description="Reading speed ceiling, chars/s")] = None,
     stream: Annotated[bool, Form(description="Server-Sent Events: a delta per finished segment (json/text)")] = False,
 ) -> Response:
     if stream and response_format not in (ResponseFormat.json, ResponseFormat.text):
@@ -192,7 +189,7 @@ async def transcribe(
     timed = response_format in TIMED_FORMATS
     if timed:
         mode = resolve_mode(services, subtitle_mode)
-        rules = cue_rules(max_line_width, max_lines, max_cue_duration, max_cps)
+        rules = layout.rules()
     audio = await decode_upload(file, services)
     if stream:
         return StreamingResponse(

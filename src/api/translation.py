@@ -18,7 +18,8 @@ from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disc
 from asr_server.api.protocol import ResponseFormat
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
-    cue_rules,
+    CueLayout,
+    CueLayoutForm,
     decode_upload,
     read_upload,
     resolve_mode,
@@ -45,8 +46,6 @@ from asr_server.translator import (
 router = APIRouter(tags=["translation"])
 
 TARGET_NAMES = {"en": "english", "zh": "chinese"}
-# max_line_width, max_lines, max_cue_duration, max_cps as the request gave them.
-CueRuleFields = tuple[int | None, int | None, float | None, float | None]
 
 
 async def _source_from_audio(
@@ -58,7 +57,7 @@ async def _source_from_audio(
     prompt: str,
     timed: bool,
     mode: SubtitleMode | None,
-    rules_args: CueRuleFields,
+    layout: CueLayout,
 ) -> tuple[SourceDocument, SubtitleMode | None]:
     audio = await decode_upload(file, services)
     if not timed:
@@ -74,7 +73,7 @@ async def _source_from_audio(
             language=source_language,
             context=prompt,
             mode=resolved,
-            rules=cue_rules(*rules_args),
+            rules=layout.rules(),
             measure_speech=True,
         ),
     )
@@ -99,7 +98,7 @@ async def translate_upload(
     response_format: ResponseFormat,
     prompt: str | None,
     subtitle_mode: SubtitleMode | None,
-    rules_args: CueRuleFields,
+    layout: CueLayout,
     temperature: float = 0.0,
 ) -> Response:
     started = time.monotonic()
@@ -130,7 +129,7 @@ async def translate_upload(
             prompt=prompt or "",
             timed=timed,
             mode=subtitle_mode,
-            rules_args=rules_args,
+            layout=layout,
         )
     deadline = max(1.0, services.settings.request_timeout - (time.monotonic() - started))
     outcome = await cancel_on_disconnect(request, services.translation.translate(document, target, deadline_s=deadline))
@@ -193,16 +192,13 @@ def _format(
 async def translate(
     request: Request,
     services: ServicesDep,
+    layout: CueLayoutForm,
     file: Annotated[UploadFile, File(description="Audio, or an .srt, .vtt or .txt file")],
     target_language: Annotated[str, Form(description="en | zh (also English, Chinese, zh-CN)")] = "en",
     source_language: Annotated[str | None, Form(description="Source language; empty = detect")] = None,
     response_format: Annotated[ResponseFormat, Form()] = ResponseFormat.json,
     prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS, description="Context for the speech model")] = None,
     subtitle_mode: Annotated[SubtitleMode | None, Form()] = None,
-    max_line_width: Annotated[int | None, Form(ge=2, le=200)] = None,
-    max_lines: Annotated[int | None, Form(ge=1, le=10)] = None,
-    max_cue_duration: Annotated[float | None, Form(gt=0.5, le=60)] = None,
-    max_cps: Annotated[float | None, Form(gt=1, le=100)] = None,
 ) -> Response:
     return await translate_upload(
         request,
@@ -213,7 +209,7 @@ async def translate(
         response_format=response_format,
         prompt=prompt,
         subtitle_mode=subtitle_mode,
-        rules_args=(max_line_width, max_lines, max_cue_duration, max_cps),
+        layout=layout,
     )
 
 
@@ -237,6 +233,6 @@ async def openai_translations(
         response_format=response_format,
         prompt=prompt,
         subtitle_mode=None,
-        rules_args=(None, None, None, None),
+        layout=CueLayout(),
         temperature=temperature,
     )

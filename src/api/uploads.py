@@ -5,9 +5,11 @@ mode and the subtitle media types. Routers import these from here, never from on
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated, Any
 
-from fastapi import UploadFile
+from fastapi import Depends, Form, UploadFile
 from loguru import logger
+from pydantic import BaseModel, Field
 
 from asr_server.api.dependencies import AppServices
 from asr_server.api.middleware import note_audio_warning
@@ -41,28 +43,56 @@ async def decode_upload(file: UploadFile, services: AppServices) -> DecodedAudio
     return audio
 
 
-def cue_rules(
-    max_line_width: int | None, max_lines: int | None, max_cue_duration: float | None, max_cps: float | None
-) -> CueRules:
-    overrides = {
-        name: value
-        for name, value in {
-            "max_line_width": max_line_width,
-            "max_lines": max_lines,
-            "max_duration": max_cue_duration,
-            "max_cps": max_cps,
-        }.items()
-        if value is not None
-    }
-    if max_cps is not None:
-        # CJK is read at roughly half the characters per second of Latin text.
-        overrides["max_cps_cjk"] = max_cps * CueRules.max_cps_cjk / CueRules.max_cps
-    if max_cue_duration is not None:
-        overrides["min_duration"] = min(CueRules.min_duration, max_cue_duration)
-    try:
-        return CueRules(**overrides)
-    except ValueError as exc:
-        raise InvalidField(str(exc)) from exc
+class CueLayout(BaseModel):
+    """The cue-layout fields of the forms that make subtitles (/transcribe, /v1/audio/transcriptions, /translate):
+    defined once, validated once. Unset fields keep the broadcast defaults of `CueRules`."""
+
+    max_line_width: int | None = Field(default=None, ge=2, le=200, description="Display columns per line")
+    max_lines: int | None = Field(default=None, ge=1, le=10, description="Lines per subtitle cue")
+    max_cue_duration: float | None = Field(default=None, gt=0.5, le=60, description="Seconds a cue may last")
+    max_cps: float | None = Field(default=None, gt=1, le=100, description="Reading speed ceiling, chars/s")
+
+    def rules(self) -> CueRules:
+        overrides: dict[str, float] = {
+            name: value
+            for name, value in {
+                "max_line_width": self.max_line_width,
+                "max_lines": self.max_lines,
+                "max_duration": self.max_cue_duration,
+                "max_cps": self.max_cps,
+            }.items()
+            if value is not None
+        }
+        if self.max_cps is not None:
+            # CJK is read at roughly half the characters per second of Latin text.
+            overrides["max_cps_cjk"] = self.max_cps * CueRules.max_cps_cjk / CueRules.max_cps
+        if self.max_cue_duration is not None:
+            overrides["min_duration"] = min(CueRules.min_duration, self.max_cue_duration)
+        try:
+            return CueRules(**overrides)
+        except ValueError as exc:
+            raise InvalidField(str(exc)) from exc
+
+
+def _layout_field(name: str) -> Any:
+    info = CueLayout.model_fields[name]
+    limits = {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le") if getattr(m, k, None) is not None}
+    return Form(description=info.description, **limits)
+
+
+def cue_layout_form(
+    max_line_width: Annotated[int | None, _layout_field("max_line_width")] = None,
+    max_lines: Annotated[int | None, _layout_field("max_lines")] = None,
+    max_cue_duration: Annotated[float | None, _layout_field("max_cue_duration")] = None,
+    max_cps: Annotated[float | None, _layout_field("max_cps")] = None,
+) -> CueLayout:
+    """The form fields of `CueLayout` (their limits and descriptions come from the model)."""
+    return CueLayout(
+        max_line_width=max_line_width, max_lines=max_lines, max_cue_duration=max_cue_duration, max_cps=max_cps
+    )
+
+
+CueLayoutForm = Annotated[CueLayout, Depends(cue_layout_form)]
 
 
 def resolve_mode(services: AppServices, requested: SubtitleMode | None) -> SubtitleMode:
