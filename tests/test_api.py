@@ -284,3 +284,28 @@ def test_the_subtitle_forms_share_one_cue_layout_definition() -> None:
         declared = [form["properties"][field] for form in forms]
         assert all(d == declared[0] for d in declared), field
         assert declared[0]["description"] == CueLayout.model_fields[field].description
+
+
+def test_openapi_shows_the_real_response_schemas(base_url: str) -> None:
+    schema = httpx.get(f"{base_url}/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, models in {
+        "/v1/audio/transcriptions": {"TranscriptionJSON", "TranscriptionVerboseJSON"},
+        "/translate": {"TranslationJSON", "TranslationVerboseJSON"},
+    }.items():
+        responses = schema["paths"][path]["post"]["responses"]
+        refs = {
+            ref["$ref"].rsplit("/", 1)[-1] for ref in responses["200"]["content"]["application/json"]["schema"]["anyOf"]
+        }
+        assert refs == models
+        assert {"text/plain", "application/x-subrip", "text/vtt"} <= set(responses["200"]["content"])
+        assert responses["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorEnvelope")
+    segment = components["TranscriptionSegment"]
+    assert set(segment["required"]) >= {"seek", "tokens", "avg_logprob", "compression_ratio", "no_speech_prob"}
+    verbose = httpx.post(
+        f"{base_url}/v1/audio/transcriptions",
+        files={"file": ("a.wav", wav_bytes(2.0))},
+        data={"response_format": "verbose_json", "prompt": "Hello there."},
+    ).json()
+    assert set(verbose) <= set(components["TranscriptionVerboseJSON"]["properties"])
+    assert set(components["TranscriptionVerboseJSON"]["required"]) <= set(verbose)

@@ -11,7 +11,20 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
-from asr_server.api.protocol import ResponseFormat, ServerVadChunking, TimestampGranularity, TranscriptionInclude
+from asr_server.api.protocol import (
+    TRANSCRIPTION_RESPONSES,
+    DurationUsage,
+    ResponseFormat,
+    ServerVadChunking,
+    TimestampGranularity,
+    TokenLogprob,
+    TranscriptionInclude,
+    TranscriptionJSON,
+    TranscriptionSegment,
+    TranscriptionVerboseJSON,
+    TranscriptionWord,
+    json_body,
+)
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
     CueLayoutForm,
@@ -33,9 +46,8 @@ router = APIRouter(tags=["transcription"])
 TIMED_FORMATS = (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
 
 
-def duration_usage(seconds: float) -> dict[str, object]:
-    """OpenAI's usage for duration-billed models: whole seconds, rounded up."""
-    return {"type": "duration", "seconds": math.ceil(seconds)}
+def duration_usage(seconds: float) -> DurationUsage:
+    return DurationUsage(seconds=math.ceil(seconds))
 
 
 def parse_chunking_strategy(value: str | None, form: Mapping[str, object]) -> str | ServerVadChunking | None:
@@ -70,18 +82,18 @@ def format_plain(
 ) -> Response:
     if response_format == ResponseFormat.text:
         return PlainTextResponse(result.text + "\n" if result.text else "")
-    payload: dict[str, object] = {
-        "text": result.text,
-        "language": language_label(result.language),
-        "language_code": language_code(result.language),
-        "duration": round(result.duration, 3),
-        "usage": duration_usage(result.duration),
-    }
+    body = TranscriptionJSON(
+        text=result.text,
+        language=language_label(result.language),
+        language_code=language_code(result.language),
+        duration=round(result.duration, 3),
+        usage=duration_usage(result.duration),
+    )
     if logprobs:
-        payload["logprobs"] = token_logprobs([result.transcript] if result.transcript else [])
+        body.logprobs = [TokenLogprob(**p) for p in token_logprobs([result.transcript] if result.transcript else [])]
     if warning:  # the X-Audio-Warning header says the same; a body field survives proxies and SDK parsing
-        payload["warnings"] = [warning]
-    return JSONResponse(payload)
+        body.warnings = [warning]
+    return JSONResponse(json_body(body))
 
 
 def format_timed(
@@ -97,24 +109,22 @@ def format_timed(
     if response_format in SUBTITLE_MEDIA_TYPES:
         body = to_srt(result.cues) if response_format == ResponseFormat.srt else to_vtt(result.cues)
         return PlainTextResponse(body, media_type=SUBTITLE_MEDIA_TYPES[response_format], headers=headers)
-    payload: dict[str, object] = {
-        "task": "transcribe",
-        "language": language_label(result.language),
-        "duration": round(result.duration, 3),
-        "text": result.text,
-    }
-    if TimestampGranularity.segment in granularities:
-        payload["segments"] = verbose_segments(result.cues, result.transcripts, result.speech_frames, temperature)
-    if TimestampGranularity.word in granularities:
-        payload["words"] = words_payload(result.words)
-    payload.update(
+    body = TranscriptionVerboseJSON(
+        language=language_label(result.language),
+        duration=round(result.duration, 3),
+        text=result.text,
         usage=duration_usage(result.duration),
         subtitle_mode=result.mode.value,
         timing_fallback_chunks=result.fallback_chunks,
     )
+    if TimestampGranularity.segment in granularities:
+        segments = verbose_segments(result.cues, result.transcripts, result.speech_frames, temperature)
+        body.segments = [TranscriptionSegment(**segment) for segment in segments]
+    if TimestampGranularity.word in granularities:
+        body.words = [TranscriptionWord(**word) for word in words_payload(result.words)]
     if warning:
-        payload["warnings"] = [warning]
-    return JSONResponse(payload, headers=headers)
+        body.warnings = [warning]
+    return JSONResponse(json_body(body), headers=headers)
 
 
 async def sse_transcription(
@@ -143,8 +153,12 @@ async def sse_transcription(
     yield event({"type": "transcript.text.done", "text": text, **({"logprobs": scores} if logprobs else {})})
 
 
-@router.post("/transcribe", summary="Transcribe an audio file")
-@router.post("/v1/audio/transcriptions", summary="Transcribe an audio file (OpenAI-compatible)")
+@router.post("/transcribe", summary="Transcribe an audio file", responses=TRANSCRIPTION_RESPONSES)
+@router.post(
+    "/v1/audio/transcriptions",
+    summary="Transcribe an audio file (OpenAI-compatible)",
+    responses=TRANSCRIPTION_RESPONSES,
+)
 async def transcribe(
     request: Request,
     services: ServicesDep,

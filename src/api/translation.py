@@ -15,7 +15,14 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
-from asr_server.api.protocol import ResponseFormat
+from asr_server.api.protocol import (
+    TRANSLATION_RESPONSES,
+    ResponseFormat,
+    TranslatedSegment,
+    TranslationJSON,
+    TranslationVerboseJSON,
+    json_body,
+)
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
     CueLayout,
@@ -168,27 +175,33 @@ def _format(
         return PlainTextResponse(body, media_type=SUBTITLE_MEDIA_TYPES[response_format], headers=headers)
     if response_format == ResponseFormat.text:
         return PlainTextResponse(text + "\n" if text else "", headers=headers)
-    payload: dict[str, object] = {
+    duration = round(document.duration, 3) if document.duration is not None else None
+    common = {
         "text": text,
         "target_language": target,
         "source_text": document.text,
         "source_language": document.language,
         "untranslated": untranslated,
     }
-    if document.duration is not None:
-        payload["duration"] = round(document.duration, 3)
     if response_format == ResponseFormat.verbose_json and cues is not None:
-        payload.update(
-            task="translate",
+        if duration is None:  # a subtitle upload has no audio: its duration is where its last cue ends
+            duration = round(max(cue.end for cue in cues), 3) if cues else 0.0
+        body: TranslationJSON = TranslationVerboseJSON(
+            **common,
+            duration=duration,
             language=TARGET_NAMES[target],
-            segments=_translated_segments(document, cues, temperature),
+            segments=[TranslatedSegment(**s) for s in _translated_segments(document, cues, temperature)],
         )
-        # A subtitle upload has no audio: its duration is where its last cue ends.
-        payload.setdefault("duration", round(max(cue.end for cue in cues), 3) if cues else 0.0)
-    return JSONResponse(payload, headers=headers)
+    else:
+        body = TranslationJSON(**common, duration=duration)
+    return JSONResponse(json_body(body), headers=headers)
 
 
-@router.post("/translate", summary="Translate audio or a subtitle/text file into English or Chinese")
+@router.post(
+    "/translate",
+    summary="Translate audio or a subtitle/text file into English or Chinese",
+    responses=TRANSLATION_RESPONSES,
+)
 async def translate(
     request: Request,
     services: ServicesDep,
@@ -213,7 +226,11 @@ async def translate(
     )
 
 
-@router.post("/v1/audio/translations", summary="Translate audio (OpenAI-compatible; English unless target_language)")
+@router.post(
+    "/v1/audio/translations",
+    summary="Translate audio (OpenAI-compatible; English unless target_language)",
+    responses=TRANSLATION_RESPONSES,
+)
 async def openai_translations(
     request: Request,
     services: ServicesDep,

@@ -22,8 +22,6 @@ from asr_server.subtitle import CueRules
 SUBTITLE_MEDIA_TYPES = {ResponseFormat.srt: "application/x-subrip", ResponseFormat.vtt: "text/vtt"}
 
 
-
-
 async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
     data = await file.read(max_bytes + 1)
     if len(data) > max_bytes:
