@@ -177,7 +177,7 @@ class _Realtime:
                 await self.end_session()
                 await self.jobs.join()
             await self.send(ErrorEvent(error=ErrorDetail(code=close.error_code, message=close.message)))
-            await self.conn.close(close.code, close.reason)
+            await self.conn.close(close)
 
     # --- client events ---------------------------------------------------------------------
     async def on_text(self, text: str) -> None:

@@ -4,7 +4,8 @@ Whatever the client does, a stream keeps its deadlines, frees its slot and leave
 
 - Reads happen in the background into a small inbox: while the handler is busy, the inbox fills, reading
   stops and TCP slows the client down. At most STREAM_MAX_MESSAGES_PER_SECOND are read (a token bucket);
-  beyond it the reader pauses, so a flood of tiny frames costs a bounded amount of CPU.
+  beyond it the reader pauses, so a flood of tiny frames costs a bounded amount of CPU, and a client kept
+  over the rate for FLOOD_GRACE_S is closed (its backlog would otherwise outlive it by minutes).
 - Every send is bounded by STREAM_SEND_TIMEOUT and by the stream's idle and session deadlines: a client
   that does not read its events (its TCP window stays full) is dropped instead of holding the slot.
 - A client that left, or was dropped, ends the stream quietly (`ClientGone`), never with a traceback.
@@ -28,16 +29,28 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # idle timeout, session too long (a bad API key is refused earlier, by APIKeyAuth)
 CLOSE_TRY_AGAIN = 1013  # too many streams, the model cannot keep up
 ECHO_CHARS = 64  # how much of a client's bad value an error message repeats: errors must not amplify input
+FLOOD_GRACE_S = 1.0  # a client held back by the message rate this long without a pause is closed
+_FLOODING = "stream.flooding"  # the reader's own inbox message: the client kept over the rate
 
 
 class StreamClosing(Exception):
     """End a stream: finalise what was heard (unless `finish=False`), send an error event, close."""
 
     def __init__(
-        self, code: int, reason: str, error_code: str | None = None, message: str = "", *, finish: bool = True
+        self,
+        code: int,
+        reason: str,
+        error_code: str | None = None,
+        message: str = "",
+        *,
+        finish: bool = True,
+        handshake: bool = True,
     ) -> None:
         super().__init__(reason)
         self.code, self.reason, self.error_code, self.message, self.finish = code, reason, error_code, message, finish
+        # False: no closing handshake. Waiting for the peer's close frame means reading (and parsing) all
+        # it sends meanwhile, which a flooding client makes expensive.
+        self.handshake = handshake
 
 
 class ClientGone(Exception):
@@ -74,6 +87,7 @@ class StreamConnection:
         self._tokens = self._rate  # a second's worth of burst
         self._refilled = time.monotonic()
         self.throttled = 0  # times the reader paused for the message rate
+        self._throttled_since: float | None = None  # start of the current run of pauses
         self._reader = asyncio.create_task(self._read())
 
     # --- deadlines ---------------------------------------------------------------------------
@@ -104,6 +118,16 @@ class StreamConnection:
         """The next ASGI message. Raises StreamClosing when a deadline passes first, ClientGone when the
         client was dropped. Messages already waiting are handed out even past the idle deadline (audio may
         be among them), never past the session deadline."""
+        message = await self._next()
+        if message["type"] == _FLOODING:
+            rate = f"STREAM_MAX_MESSAGES_PER_SECOND={self._rate:g}"
+            message = f"over {rate} for {FLOOD_GRACE_S:g} s"
+            raise StreamClosing(
+                CLOSE_POLICY, "too many messages", "rate_limited", message, finish=False, handshake=False
+            )
+        return message
+
+    async def _next(self) -> dict[str, Any]:
         if self._gone.is_set():
             raise ClientGone
         if not self._queue.empty():
@@ -128,25 +152,33 @@ class StreamConnection:
                 message = await self.ws.receive()
             except Exception:
                 message = {"type": "websocket.disconnect"}
-            if message["type"] == "websocket.receive":
-                await self._take_token()
+            if message["type"] == "websocket.receive" and not await self._take_token():
+                await self._queue.put({"type": _FLOODING})
+                return
             await self._queue.put(message)
             if message["type"] == "websocket.disconnect":
                 return
             # uvicorn hands over queued frames without yielding: a flood must not keep the loop to itself.
             await asyncio.sleep(0)
 
-    async def _take_token(self) -> None:
+    async def _take_token(self) -> bool:
+        """Wait for the message rate to allow one more message; False once the client kept over it too long."""
         now = time.monotonic()
         self._tokens = min(self._rate, self._tokens + (now - self._refilled) * self._rate)
         self._refilled = now
+        if self._tokens >= self._rate / 2:  # the client paused: it is not flooding
+            self._throttled_since = None
         if self._tokens < 1.0:
-            if not self.throttled:
-                logger.info("a live stream exceeds STREAM_MAX_MESSAGES_PER_SECOND={:g}; reading slower", self._rate)
+            if self._throttled_since is None:
+                self._throttled_since = now
+            elif now - self._throttled_since > FLOOD_GRACE_S:
+                logger.info("closing a live stream over STREAM_MAX_MESSAGES_PER_SECOND={:g}", self._rate)
+                return False
             self.throttled += 1
             await asyncio.sleep((1.0 - self._tokens) / self._rate)
             self._tokens, self._refilled = 1.0, time.monotonic()
         self._tokens -= 1.0
+        return True
 
     # --- outbound ----------------------------------------------------------------------------
     async def send_text(self, text: str) -> None:
@@ -172,12 +204,14 @@ class StreamConnection:
         async with self._send_lock:
             await self.ws.send_text(text)
 
-    async def close(self, code: int, reason: str) -> None:
-        """Send the close frame (bounded like any send); quiet when the client is gone already."""
+    async def close(self, closing: StreamClosing) -> None:
+        """Send the close frame (bounded like any send), or just drop the client; quiet when it is gone."""
+        if not closing.handshake:
+            self.drop()
         if self._gone.is_set() or self.ws.client_state != WebSocketState.CONNECTED:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code, reason), self._settings.stream_send_timeout)
+            await asyncio.wait_for(self.ws.close(closing.code, closing.reason), self._settings.stream_send_timeout)
 
     def drop(self) -> None:
         """Give up on the client: every wait on it ends with ClientGone."""

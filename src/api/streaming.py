@@ -332,7 +332,7 @@ class _TranscribeStream:
             if closing.error_code is not None:
                 self.services.streams.metrics.errors += 1
                 await self.send(ErrorEvent(code=closing.error_code, message=closing.message))
-            await self.conn.close(closing.code, closing.reason)
+            await self.conn.close(closing)
 
 
 def _to_wire(event: SessionEvent) -> BaseModel | None:
