@@ -239,7 +239,15 @@ async def test_a_socket_over_the_per_key_limit_gets_429_and_a_wrong_key_401() ->
                 await websockets.connect(f"{url}?api_key={key}")
             with pytest.raises(websockets.InvalidStatus) as wrong:
                 await websockets.connect(f"{url}?api_key=sk-wrong")
-        async with websockets.connect(f"{url}?api_key={key}") as again:  # the slot was given back
+        deadline = time.monotonic() + 10
+        while True:  # the slot is given back once the server has seen the first socket close
+            try:
+                again = await websockets.connect(f"{url}?api_key={key}")
+                break
+            except websockets.InvalidStatus:
+                assert time.monotonic() < deadline, "the first socket's slot was not given back"
+                await asyncio.sleep(0.05)
+        async with again:
             assert json.loads(await again.recv())["type"] == "ready"
     busy_response, wrong_response = busy.value.response, wrong.value.response
     assert busy_response.status_code == 429 and busy_response.headers["Retry-After"] == "1"

@@ -22,6 +22,7 @@ from fastapi import APIRouter, WebSocket
 from loguru import logger
 from pydantic import BaseModel, ValidationError
 
+from asr_server.api.realtime_turns import CommittedTurns, TurnOptions
 from asr_server.api.stream_connection import (
     CLOSE_TRY_AGAIN,
     ClientGone,
@@ -32,14 +33,12 @@ from asr_server.api.stream_connection import (
 )
 from asr_server.api.streaming import (
     accept,
-    make_transcriber,
-    make_vad,
     reject_busy,
     start_session,
     stream_config,
 )
 from asr_server.dependencies import AppServices
-from asr_server.errors import InvalidField, ServiceError
+from asr_server.errors import InvalidField
 from asr_server.languages import language_code, normalize_language
 from asr_server.streaming import (
     Final,
@@ -51,7 +50,6 @@ from asr_server.streaming import (
     StreamLease,
     StreamSession,
 )
-from asr_server.streaming.committed import transcribe_committed
 from asr_server.streaming.realtime_protocol import (
     CLIENT_EVENT_TYPES,
     INPUT_RATE,
@@ -84,7 +82,6 @@ from asr_server.streaming.realtime_protocol import SessionEvent as SessionConfig
 router = APIRouter(tags=["streaming"])
 
 SAMPLE_RATE = 16_000
-MIN_COMMIT_SAMPLES = SAMPLE_RATE // 10  # OpenAI refuses to commit less than 100 ms
 
 
 @router.websocket("/v1/realtime")
@@ -119,12 +116,8 @@ class _Realtime:
         self.conn = StreamConnection(websocket, settings)
         self.session: StreamSession | None = None
         self.forwarder: asyncio.Task[None] | None = None
-        self.manual: list[np.ndarray] = []  # turn_detection null: audio since the last commit
-        self.manual_samples = 0  # their total, kept so an append costs O(1)
-        self.jobs: asyncio.Queue[tuple[str, np.ndarray]] = asyncio.Queue()
-        self.job_samples = 0  # committed audio not yet transcribed (queued or running)
-        self.job_done = asyncio.Event()
-        self.job_worker: asyncio.Task[None] | None = None
+        # turn_detection null: the input buffer and the committed turns
+        self.turns = CommittedTurns(services, self.conn, self.turn_options, self.completed, self.failed)
         self.resampler: Any = None
         self.items: dict[int, str] = {}  # segment id → item id
         self.sent: dict[str, str] = {}  # item id → text already sent as deltas
@@ -135,7 +128,6 @@ class _Realtime:
 
     # --- the connection --------------------------------------------------------------------
     async def run(self) -> None:
-        self.job_worker = asyncio.create_task(self.run_jobs())
         try:
             await self.send(self.session_event("created"))
             while True:
@@ -151,31 +143,25 @@ class _Realtime:
         except ClientGone:
             logger.debug("a /v1/realtime client left")
         finally:
-            for task in (self.forwarder, self.job_worker):
-                if task is not None:
-                    task.cancel()
+            if self.forwarder is not None:
+                self.forwarder.cancel()
             if self.session is not None:
                 await self.session.aclose()
+            await self.turns.aclose()
             await self.conn.aclose()
-            self.release_audio()
+            self.items.clear()
+            self.sent.clear()
+            self.partials.clear()
 
-    def release_audio(self) -> None:
-        """Drop every buffer of audio at once: nothing keeps a departed client's audio alive."""
-        self.manual.clear()
-        self.manual_samples = 0
-        while not self.jobs.empty():
-            self.jobs.get_nowait()
-            self.jobs.task_done()
-        self.job_samples = 0
-        self.items.clear()
-        self.sent.clear()
-        self.partials.clear()
+    def turn_options(self) -> TurnOptions:
+        language = normalize_language(self.config.language)
+        return TurnOptions(language=language, context=self.config.prompt, threshold=self.defaults.threshold or 0.5)
 
     async def close(self, close: StreamClosing) -> None:
         with contextlib.suppress(ClientGone):
             if close.finish:
                 await self.end_session()
-                await self.jobs.join()
+                await self.turns.join()
             await self.send(ErrorEvent(error=ErrorDetail(code=close.error_code, message=close.message)))
             await self.conn.close(close)
 
@@ -240,10 +226,8 @@ class _Realtime:
         if turn_detection is not UNCHANGED and turn_detection != config.turn_detection:
             await self.end_session()  # what was heard is committed under the old settings
             config.turn_detection = turn_detection
-            if turn_detection is not None and self.manual:
-                audio = np.concatenate(self.manual)
-                self.manual.clear()
-                self.manual_samples = 0
+            audio = self.turns.take() if turn_detection is not None else None
+            if audio is not None:
                 await self.feed(audio)
 
     async def on_append(self, encoded: str) -> None:
@@ -263,10 +247,7 @@ class _Realtime:
             self.resampler = soxr.ResampleStream(INPUT_RATE, SAMPLE_RATE, 1, dtype="float32")
         samples = self.resampler.resample_chunk(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
         if self.config.turn_detection is None:
-            if self.manual_samples + samples.size > self.settings.stream_max_buffer_seconds * SAMPLE_RATE:
-                raise InvalidField("the input audio buffer is full; commit or clear it", param="audio")
-            self.manual.append(samples)
-            self.manual_samples += samples.size
+            self.turns.append(samples)
             return
         await self.feed(samples)
 
@@ -285,36 +266,11 @@ class _Realtime:
                 )
             await self.session.flush()
             return
-        held = self.manual_samples
-        if held < MIN_COMMIT_SAMPLES:
-            raise InvalidField(
-                f"buffer too small: expected at least 100ms of audio, but it holds {held * 1000 // SAMPLE_RATE}ms",
-                code="input_audio_buffer_commit_empty",
-            )
-        await self.wait_for_job_room(held)
-        audio = np.concatenate(self.manual)
-        self.manual.clear()
-        self.manual_samples = 0
+        self.turns.check_commit()
+        await self.turns.wait_for_room()
         item = new_id("item")
         await self.committed(item)
-        self.job_samples += audio.size
-        self.jobs.put_nowait((item, audio))
-
-    async def wait_for_job_room(self, samples: int) -> None:
-        """Committed audio waiting for the model obeys STREAM_MAX_BUFFER_SECONDS, as server-VAD audio does:
-        until there is room the stream stops reading (TCP slows the client), and closes if none comes."""
-        limit = self.settings.stream_max_buffer_seconds * SAMPLE_RATE
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.conn.seconds_left()
-        while self.job_samples and self.job_samples + samples > limit:
-            self.job_done.clear()
-            try:
-                await asyncio.wait_for(self.job_done.wait(), max(deadline - loop.time(), 0.0))
-            except TimeoutError:
-                waiting = f"more than {self.settings.stream_max_buffer_seconds:g} s of audio is waiting for the model"
-                raise StreamClosing(
-                    CLOSE_TRY_AGAIN, "the model cannot keep up", "buffer_full", waiting, finish=False
-                ) from None
+        self.turns.commit(item)
 
     async def on_clear(self) -> None:
         if self.session is not None:
@@ -322,8 +278,7 @@ class _Realtime:
             self.session.clear()
             if open_segment is not None:  # its final will never come
                 self.forget(self.items.pop(open_segment, None))
-        self.manual.clear()
-        self.manual_samples = 0
+        self.turns.clear()
         await self.send(ClearedEvent())
 
     # --- server VAD: a StreamSession ----------------------------------------------------------
@@ -386,34 +341,6 @@ class _Realtime:
             item = self.items.pop(event.segment_id, None) if event.segment_id is not None else None
             self.forget(item)
             await self.failed(item, event.code, event.message)
-
-    # --- turn_detection null: committed buffers, one engine call per piece ---------------------
-    async def run_jobs(self) -> None:
-        while True:
-            item, audio = await self.jobs.get()
-            samples = audio.size
-            try:
-                text, language = await transcribe_committed(
-                    audio,
-                    make_transcriber(self.services),
-                    make_vad(self.settings),
-                    language=normalize_language(self.config.language),
-                    context=self.config.prompt,
-                    threshold=self.defaults.threshold or 0.5,
-                    max_utterance_s=self.settings.stream_max_utterance_seconds,
-                    metrics=self.services.streams.metrics,
-                )
-                await self.completed(item, text, language, audio.size / SAMPLE_RATE)
-            except ServiceError as exc:
-                await self.failed(item, exc.code, exc.message)
-            except Exception:
-                logger.exception("realtime transcription failed")
-                await self.failed(item, "internal_error", "transcription failed")
-            finally:
-                del audio  # not kept alive while the worker waits for the next commit
-                self.job_samples -= samples
-                self.job_done.set()
-                self.jobs.task_done()
 
     # --- server events ---------------------------------------------------------------------
     def session_event(self, what: str) -> BaseModel:
