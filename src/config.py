@@ -240,6 +240,15 @@ class Settings(BaseSettings):
     stream_max_frame_bytes: int = Field(default=262_144, ge=4096)
     """Largest message accepted on a live stream (an audio frame or a JSON event), in bytes."""
 
+    stream_max_messages_per_second: int = Field(default=1000, ge=50)
+    """Most messages a live stream reads per second (a second's worth may come in a burst); beyond it the
+    server reads that client slower, so floods of tiny frames cannot starve other requests. A browser
+    sending 128-sample blocks at 48 kHz sends 375 per second."""
+
+    stream_send_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a live stream's client may leave one server event unread (its TCP window full) before the
+    server drops it and frees its slot; a send blocked past the idle or session deadline drops it too."""
+
     stream_max_buffer_seconds: float = Field(default=60.0, ge=10)
     """Most audio a live stream may hold undecoded; beyond it the server stops reading from the client
     until the model catches up, and closes the stream (code 1013) if it does not within

@@ -109,7 +109,10 @@ def configure_logging(
             )
         except OSError as exc:
             logger.error("cannot open log file {}: {}; logging to stderr only", log_file, exc)
-    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    # The standard loggers filter at the same level: at level 0, websockets (under uvicorn) formats a debug
+    # record for every frame and uvicorn wraps the app in its per-message TRACE logger, only for loguru to
+    # drop them; a flood of tiny WebSocket frames then stalls the event loop for whole seconds.
+    logging.basicConfig(handlers=[InterceptHandler()], level=logger.level(level).no, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi"):
         std_logger = logging.getLogger(name)
         std_logger.handlers = [InterceptHandler()]

@@ -27,6 +27,7 @@ from asr_server.engines.base import MIN_AUDIO_SAMPLES
 from asr_server.engines.hosting import EngineExecutor, engine_error
 from asr_server.engines.oom import halves, is_out_of_memory, too_large
 from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError, ServiceError
+from asr_server.media import SAMPLE_RATE
 from asr_server.metrics import Metrics
 from asr_server.queue import Job, JobKind, PriorityInferQueue
 
@@ -247,7 +248,7 @@ class ModelWorker:
             if isinstance(outcome, ServiceError):
                 metrics.jobs_failed.labels(kind.value, outcome.code).inc()
         if kind == JobKind.transcribe:
-            audio_seconds = sum(len(job.payload.audio) for job in batch) / 16_000
+            audio_seconds = sum(len(job.payload.audio) for job in batch) / SAMPLE_RATE
             metrics.audio_seconds.inc(audio_seconds)
             if audio_seconds > 0:
                 metrics.real_time_factor.observe(elapsed / audio_seconds)

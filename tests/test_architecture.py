@@ -119,3 +119,20 @@ def test_the_package_lists_every_room() -> None:
 
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     assert declared == {module_name(init) for init in SRC.rglob("__init__.py")}
+
+
+def test_one_sample_rate_for_the_whole_project() -> None:
+    """16 kHz is defined once (asr_server.media.SAMPLE_RATE); the streaming protocol's list of accepted client
+    rates is the one other place the number may appear."""
+    allowed = {SRC / "media" / "__init__.py", SRC / "streaming" / "protocol.py"}
+    for path in MODULES:
+        if path in allowed:
+            continue
+        tree = ast.parse(path.read_text())
+        assigned = [
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SAMPLE_RATE" for t in node.targets)
+        ]
+        literals = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in (16_000, 16_000.0)]
+        assert not assigned and not literals, f"{path.relative_to(SRC)}: 16 kHz at lines {assigned + literals}"

@@ -67,7 +67,7 @@ async def test_websocket_is_checked_before_accept() -> None:
         with pytest.raises(websockets.InvalidStatus) as refused:
             async with websockets.connect(ws_url):
                 pass
-        assert refused.value.response.status_code == 403
+        assert refused.value.response.status_code == 401
         async with websockets.connect(f"{ws_url}?api_key={KEY}") as ws:
             assert '"ready"' in await asyncio.wait_for(ws.recv(), 10)
         async with websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:

@@ -212,7 +212,7 @@ async def test_a_raw_client_sending_what_the_sdk_sends_with_an_api_key() -> None
         assert events[-1]["transcript"] == "hello realtime"
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(url, additional_headers={"Authorization": "Bearer wrong"})
-        assert refused.value.response.status_code == 403
+        assert refused.value.response.status_code == 401
         # Browsers cannot set headers: OpenAI's browser clients put the key in a subprotocol.
         protocols = ["realtime", f"openai-insecure-api-key.{API_KEY}"]
         async with websockets.connect(url, subprotocols=protocols) as ws:  # type: ignore[arg-type]

@@ -15,28 +15,32 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, WebSocket
 from loguru import logger
 from pydantic import BaseModel, ValidationError
-from starlette.websockets import WebSocketState
 
 from asr_server.api.dependencies import AppServices
-from asr_server.api.streaming import (
+from asr_server.api.realtime_turns import CommittedTurns, TurnOptions
+from asr_server.api.stream_connection import (
     CLOSE_TRY_AGAIN,
-    ClientInbox,
+    ClientGone,
     StreamClosing,
-    chosen_subprotocol,
-    make_transcriber,
-    make_vad,
+    StreamConnection,
+    echo,
+    parse_json,
+)
+from asr_server.api.stream_sessions import (
+    accept,
     reject_busy,
     start_session,
     stream_config,
 )
-from asr_server.errors import InvalidField, ServiceError
+from asr_server.errors import InvalidField
+from asr_server.media import SAMPLE_RATE
+from asr_server.media.audio import pcm16_to_float
 from asr_server.streaming import (
     Final,
     Partial,
@@ -47,7 +51,6 @@ from asr_server.streaming import (
     StreamLease,
     StreamSession,
 )
-from asr_server.streaming.committed import transcribe_committed
 from asr_server.streaming.realtime_protocol import (
     CLIENT_EVENT_TYPES,
     INPUT_RATE,
@@ -80,8 +83,6 @@ from asr_server.text.languages import language_code, normalize_language
 
 router = APIRouter(tags=["streaming"])
 
-SAMPLE_RATE = 16_000
-MIN_COMMIT_SAMPLES = SAMPLE_RATE // 10  # OpenAI refuses to commit less than 100 ms
 
 
 @router.websocket("/v1/realtime")
@@ -89,12 +90,13 @@ async def realtime(websocket: WebSocket) -> None:
     services: AppServices = websocket.app.state.services
     offered = websocket.scope.get("subprotocols", [])
     beta = websocket.headers.get("openai-beta", "").startswith("realtime") or "openai-beta.realtime-v1" in offered
-    await websocket.accept(subprotocol=chosen_subprotocol(websocket))
+    if not await accept(websocket):
+        return
     lease = services.streams.try_acquire()
     if lease is None:
         limit = services.settings.stream_max_concurrent
         detail = ErrorDetail(type="server_error", code="too_many_streams", message=f"{limit} streams are live")
-        await reject_busy(websocket, ErrorEvent(error=detail).model_dump())
+        await reject_busy(websocket, ErrorEvent(error=detail).model_dump(), services.settings)
         return
     try:
         await _Realtime(websocket, services, lease, beta=beta).run()
@@ -112,28 +114,25 @@ class _Realtime:
             silence_duration_ms=round(settings.stream_vad_min_silence_ms),
         )
         self.config = SessionSettings(model=websocket.query_params.get("model") or settings.model_id or "qwen3-asr")
+        self.conn = StreamConnection(websocket, settings)
         self.session: StreamSession | None = None
         self.forwarder: asyncio.Task[None] | None = None
-        self.manual: list[np.ndarray] = []  # turn_detection null: audio since the last commit
-        self.jobs: asyncio.Queue[tuple[str, np.ndarray]] = asyncio.Queue()
-        self.job_worker: asyncio.Task[None] | None = None
+        # turn_detection null: the input buffer and the committed turns
+        self.turns = CommittedTurns(services, self.conn, self.turn_options, self.completed, self.failed)
         self.resampler: Any = None
         self.items: dict[int, str] = {}  # segment id → item id
         self.sent: dict[str, str] = {}  # item id → text already sent as deltas
         self.partials: dict[str, str] = {}  # item id → last partial
         self.previous_item: str | None = None
-        self._send_lock = asyncio.Lock()
         # Base64 inflates by 4/3; the decoded audio per append obeys STREAM_MAX_FRAME_BYTES.
         self.max_message = settings.stream_max_frame_bytes * 4 // 3 + 4096
 
     # --- the connection --------------------------------------------------------------------
     async def run(self) -> None:
-        await self.send(self.session_event("created"))
-        inbox = self.inbox = ClientInbox(self.ws, self.settings)
-        self.job_worker = asyncio.create_task(self.run_jobs())
         try:
+            await self.send(self.session_event("created"))
             while True:
-                message = await inbox.get()
+                message = await self.conn.get()
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("text") is not None:
@@ -142,22 +141,30 @@ class _Realtime:
                     await self.error("invalid_event", "send audio as input_audio_buffer.append events (JSON text)")
         except StreamClosing as close:
             await self.close(close)
+        except ClientGone:
+            logger.debug("a /v1/realtime client left")
         finally:
-            inbox.close()
-            for task in (self.forwarder, self.job_worker):
-                if task is not None:
-                    task.cancel()
+            if self.forwarder is not None:
+                self.forwarder.cancel()
             if self.session is not None:
                 await self.session.aclose()
+            await self.turns.aclose()
+            await self.conn.aclose()
+            self.items.clear()
+            self.sent.clear()
+            self.partials.clear()
+
+    def turn_options(self) -> TurnOptions:
+        language = normalize_language(self.config.language)
+        return TurnOptions(language=language, context=self.config.prompt, threshold=self.defaults.threshold or 0.5)
 
     async def close(self, close: StreamClosing) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ClientGone):
             if close.finish:
                 await self.end_session()
-                await self.jobs.join()
+                await self.turns.join()
             await self.send(ErrorEvent(error=ErrorDetail(code=close.error_code, message=close.message)))
-            if self.ws.client_state == WebSocketState.CONNECTED:
-                await self.ws.close(close.code, close.reason)
+            await self.conn.close(close)
 
     # --- client events ---------------------------------------------------------------------
     async def on_text(self, text: str) -> None:
@@ -165,16 +172,18 @@ class _Realtime:
             await self.error("message_too_large", f"events may hold at most {self.max_message} characters")
             return
         try:
-            payload = json.loads(text)
+            payload = parse_json(text)
         except ValueError:
             await self.error("invalid_json", "events must be JSON objects")
             return
-        client_event_id = payload.get("event_id") if isinstance(payload, dict) else None
-        kind = payload.get("type") if isinstance(payload, dict) else None
-        if kind not in CLIENT_EVENT_TYPES:
+        fields = payload if isinstance(payload, dict) else {}
+        # Echoed back only when it is what the protocol says it is: a string.
+        client_event_id = fields.get("event_id") if isinstance(fields.get("event_id"), str) else None
+        kind = fields.get("type")
+        if not isinstance(kind, str) or kind not in CLIENT_EVENT_TYPES:
             supported = ", ".join(sorted(CLIENT_EVENT_TYPES))
             await self.error(
-                "unsupported_event", f"unsupported event {kind!r}; supported: {supported}", client_event_id
+                "unsupported_event", f"unsupported event {echo(kind)}; supported: {supported}", client_event_id
             )
             return
         try:
@@ -218,9 +227,9 @@ class _Realtime:
         if turn_detection is not UNCHANGED and turn_detection != config.turn_detection:
             await self.end_session()  # what was heard is committed under the old settings
             config.turn_detection = turn_detection
-            if turn_detection is not None and self.manual:
-                await self.feed(np.concatenate(self.manual))
-                self.manual.clear()
+            audio = self.turns.take() if turn_detection is not None else None
+            if audio is not None:
+                await self.feed(audio)
 
     async def on_append(self, encoded: str) -> None:
         try:
@@ -231,25 +240,22 @@ class _Realtime:
             raise InvalidField("audio must hold whole 16-bit samples (an even number of bytes)", param="audio")
         if not data:
             return
-        self.inbox.audio_arrived()
+        self.conn.audio_arrived()
         self.services.worker.touch()
         if self.resampler is None:
             import soxr
 
             self.resampler = soxr.ResampleStream(INPUT_RATE, SAMPLE_RATE, 1, dtype="float32")
-        samples = self.resampler.resample_chunk(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
+        samples = self.resampler.resample_chunk(pcm16_to_float(data))
         if self.config.turn_detection is None:
-            held = sum(chunk.size for chunk in self.manual) + samples.size
-            if held > self.settings.stream_max_buffer_seconds * SAMPLE_RATE:
-                raise InvalidField("the input audio buffer is full; commit or clear it", param="audio")
-            self.manual.append(samples)
+            self.turns.append(samples)
             return
         await self.feed(samples)
 
     async def feed(self, samples: np.ndarray) -> None:
         session = self.ensure_session()
         settings = self.settings
-        if not await session.wait_for_room(settings.stream_max_buffer_seconds, settings.stream_idle_timeout):
+        if not await session.wait_for_room(settings.stream_max_buffer_seconds, self.conn.seconds_left()):
             raise StreamClosing(CLOSE_TRY_AGAIN, "the model cannot keep up", "buffer_full", "too much audio is waiting")
         await session.feed(samples)
 
@@ -261,22 +267,19 @@ class _Realtime:
                 )
             await self.session.flush()
             return
-        held = sum(chunk.size for chunk in self.manual)
-        if held < MIN_COMMIT_SAMPLES:
-            raise InvalidField(
-                f"buffer too small: expected at least 100ms of audio, but it holds {held * 1000 // SAMPLE_RATE}ms",
-                code="input_audio_buffer_commit_empty",
-            )
-        audio = np.concatenate(self.manual)
-        self.manual.clear()
+        self.turns.check_commit()
+        await self.turns.wait_for_room()
         item = new_id("item")
         await self.committed(item)
-        self.jobs.put_nowait((item, audio))
+        self.turns.commit(item)
 
     async def on_clear(self) -> None:
         if self.session is not None:
+            open_segment = self.session.open_segment_id
             self.session.clear()
-        self.manual.clear()
+            if open_segment is not None:  # its final will never come
+                self.forget(self.items.pop(open_segment, None))
+        self.turns.clear()
         await self.send(ClearedEvent())
 
     # --- server VAD: a StreamSession ----------------------------------------------------------
@@ -310,9 +313,14 @@ class _Realtime:
     async def forward(self, session: StreamSession) -> None:
         while True:
             event = await session.events.get()
-            with contextlib.suppress(Exception):  # a vanished client is noticed by the reader
+            try:
                 await self.on_session_event(event)
-            session.events.task_done()
+            except ClientGone:  # the handler's next read ends the stream; events are still consumed
+                pass
+            except Exception:
+                logger.exception("realtime event not delivered")
+            finally:
+                session.events.task_done()
 
     async def on_session_event(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
@@ -332,31 +340,8 @@ class _Realtime:
             await self.completed(item, event.text, event.language, event.end - event.start)
         elif isinstance(event, SessionError):
             item = self.items.pop(event.segment_id, None) if event.segment_id is not None else None
+            self.forget(item)
             await self.failed(item, event.code, event.message)
-
-    # --- turn_detection null: committed buffers, one engine call per piece ---------------------
-    async def run_jobs(self) -> None:
-        while True:
-            item, audio = await self.jobs.get()
-            try:
-                text, language = await transcribe_committed(
-                    audio,
-                    make_transcriber(self.services),
-                    make_vad(self.settings),
-                    language=normalize_language(self.config.language),
-                    context=self.config.prompt,
-                    threshold=self.defaults.threshold or 0.5,
-                    max_utterance_s=self.settings.stream_max_utterance_seconds,
-                    metrics=self.services.streams.metrics,
-                )
-                await self.completed(item, text, language, audio.size / SAMPLE_RATE)
-            except ServiceError as exc:
-                await self.failed(item, exc.code, exc.message)
-            except Exception:
-                logger.exception("realtime transcription failed")
-                await self.failed(item, "internal_error", "transcription failed")
-            finally:
-                self.jobs.task_done()
 
     # --- server events ---------------------------------------------------------------------
     def session_event(self, what: str) -> BaseModel:
@@ -381,10 +366,15 @@ class _Realtime:
             self.sent[item] = text
             await self.send(DeltaEvent(item_id=item, delta=text[len(sent) :]))
 
+    def forget(self, item: str | None) -> None:
+        """Drop what was kept for an item that is done."""
+        if item is not None:
+            self.sent.pop(item, None)
+            self.partials.pop(item, None)
+
     async def completed(self, item: str, text: str, language: str | None, seconds: float) -> None:
         await self.delta(item, text)
-        self.sent.pop(item, None)
-        self.partials.pop(item, None)
+        self.forget(item)
         code = language_code(language)
         await self.send(
             CompletedEvent(
@@ -404,5 +394,4 @@ class _Realtime:
         await self.send(ErrorEvent(error=ErrorDetail(code=code, message=message, param=param, event_id=event_id)))
 
     async def send(self, event: BaseModel) -> None:
-        async with self._send_lock:
-            await self.ws.send_text(event.model_dump_json(exclude_none=isinstance(event, (CompletedEvent,))))
+        await self.conn.send_text(event.model_dump_json(exclude_none=isinstance(event, CompletedEvent)))

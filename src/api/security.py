@@ -2,14 +2,17 @@
 
 HTTP: `Authorization: Bearer KEY` or `X-API-Key: KEY`. WebSocket: the same headers, the `api_key` query
 parameter, or the `openai-insecure-api-key.KEY` subprotocol browsers use; checked BEFORE the socket is
-accepted (refused with close code 1008). Keys are compared in constant time and never logged: the log
-and the per-key counters use a short hash.
+accepted. A refused handshake gets a plain HTTP answer with the JSON envelope where the server supports the
+ASGI "websocket.http.response" extension (uvicorn does): 401 for a bad key, 429 with Retry-After for too many
+in flight. Elsewhere it is closed before acceptance (the server answers 403) with code 1008 or 1013.
+Keys are compared in constant time and never logged: the log and the per-key counters use a short hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -22,6 +25,7 @@ from asr_server.config import Settings
 from asr_server.errors import QueueFull, ServiceError, Unauthorized
 
 WS_POLICY_VIOLATION = 1008
+WS_TRY_AGAIN_LATER = 1013
 _SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
 
 
@@ -109,15 +113,29 @@ class APIKeyAuth:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, error: ServiceError) -> None:
-        if scope["type"] == "websocket":
-            # Closing before accepting makes the server answer the handshake with 403.
-            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": error.message})
-            return
         headers = dict(error.headers)
         if isinstance(error, Unauthorized):
             headers["WWW-Authenticate"] = "Bearer"
+        if scope["type"] == "websocket":
+            await _refuse_handshake(scope, send, error, headers)
+            return
         response = JSONResponse(error.envelope(), status_code=error.status_code, headers=headers)
         await response(scope, _no_receive, send)
+
+
+async def _refuse_handshake(scope: Scope, send: Send, error: ServiceError, headers: dict[str, str]) -> None:
+    """Answer a WebSocket handshake with the HTTP status and envelope, so "too many" differs from "wrong key"."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body = json.dumps(error.envelope()).encode()
+        raw_headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        raw_headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "websocket.http.response.start", "status": error.status_code, "headers": raw_headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    # Without the extension, closing before accepting makes the server answer 403; the code tells them apart
+    # for servers that pass it on.
+    code = WS_TRY_AGAIN_LATER if isinstance(error, QueueFull) else WS_POLICY_VIOLATION
+    await send({"type": "websocket.close", "code": code, "reason": error.message})
 
 
 async def _no_receive() -> dict[str, str]:  # pragma: no cover - JSONResponse never reads

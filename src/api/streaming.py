@@ -8,35 +8,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import time
 import uuid
 from importlib import resources
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import HTMLResponse
 from loguru import logger
 from pydantic import BaseModel, ValidationError
-from starlette.websockets import WebSocketState
 
 from asr_server.api.dependencies import AppServices
-from asr_server.config import Settings
+from asr_server.api.stream_connection import (
+    CLOSE_NORMAL,
+    CLOSE_TRY_AGAIN,
+    ClientGone,
+    StreamClosing,
+    StreamConnection,
+    echo,
+    parse_json,
+)
+from asr_server.api.stream_sessions import accept, reject_busy, start_session, stream_config
 from asr_server.errors import InvalidField
-from asr_server.media.audio import DecodedAudio, pcm16_to_float
-from asr_server.media.vad import VAD, load_vad
-from asr_server.queue import PRIORITY_STREAM
+from asr_server.media import SAMPLE_RATE
+from asr_server.media.audio import pcm16_to_float
 from asr_server.streaming import (
     Final,
     Partial,
-    SegmenterConfig,
     SessionError,
     SessionEvent,
-    StreamConfig,
     StreamLease,
     StreamSession,
-    TranscribeFn,
 )
 from asr_server.streaming.protocol import (
     AudioFormat,
@@ -49,89 +50,9 @@ from asr_server.streaming.protocol import (
     ReadyEvent,
     StartMessage,
 )
-from asr_server.text.languages import normalize_language
+from asr_server.text.languages import language_label, normalize_language
 
 router = APIRouter(tags=["streaming"])
-
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008  # idle timeout, session too long (a bad API key is refused earlier, by APIKeyAuth)
-CLOSE_TRY_AGAIN = 1013  # too many streams, the model cannot keep up
-
-
-# --- helpers shared with /v1/realtime ----------------------------------------------------------
-def chosen_subprotocol(websocket: WebSocket) -> str | None:
-    """Answer with `realtime` when a browser offered it (browsers drop a socket whose offered
-    subprotocols got no answer); never echo the key-carrying `openai-insecure-api-key.*` one."""
-    offered = websocket.scope.get("subprotocols", [])
-    return "realtime" if "realtime" in offered else None
-
-
-def make_transcriber(services: AppServices) -> TranscribeFn:
-    """The session's only way to the model: the shared queue at stream priority."""
-
-    async def transcribe(samples: np.ndarray, language: str | None, context: str) -> tuple[str, str | None]:
-        services.worker.touch()
-        result = await services.transcription.transcribe(
-            DecodedAudio(samples=samples), language=language, context=context, priority=PRIORITY_STREAM
-        )
-        return result.text, result.language
-
-    return transcribe
-
-
-def make_vad(settings: Settings) -> VAD:
-    return load_vad(settings.stream_vad)
-
-
-def start_session(services: AppServices, settings: Settings, config: StreamConfig, lease: StreamLease) -> StreamSession:
-    """A running VAD session on the shared queue, registered on the connection's lease."""
-    session = StreamSession(make_transcriber(services), make_vad(settings), config, metrics=services.streams.metrics)
-    lease.session = session
-    session.start()
-    return session
-
-
-def stream_config(
-    settings: Settings,
-    *,
-    language: str | None,
-    context: str,
-    threshold: float | None = None,
-    min_silence_ms: float | None = None,
-    prefix_padding_ms: float | None = None,
-) -> StreamConfig:
-    """The session settings from STREAM_* settings; the realtime dialect overrides the VAD ones."""
-    if min_silence_ms is None:
-        min_silence_ms = settings.stream_vad_min_silence_ms
-    if prefix_padding_ms is None:
-        prefix_padding_ms = settings.stream_vad_prefix_padding_ms
-    segmenter = SegmenterConfig(
-        threshold=threshold if threshold is not None else settings.stream_vad_threshold,
-        min_silence_s=min_silence_ms / 1000,
-        prefix_padding_s=prefix_padding_ms / 1000,
-        tail_padding_s=min(0.2, min_silence_ms / 1000),  # the tail is silence the pause detection saw
-        max_utterance_s=settings.stream_max_utterance_seconds,
-    )
-    return StreamConfig(
-        segmenter=segmenter,
-        language=language,
-        context=context,
-        partials=settings.stream_partial_budget > 0,
-        partial_interval_s=settings.stream_partial_interval_ms / 1000,
-        partial_budget=settings.stream_partial_budget,
-    )
-
-
-def language_label(name: str | None) -> str | None:
-    """The model's language name as the HTTP API reports it ("english")."""
-    return name.lower() if name else None
-
-
-async def reject_busy(websocket: WebSocket, message: dict[str, Any]) -> None:
-    """Tell an accepted client that no stream slot is free, then close with 1013."""
-    with contextlib.suppress(Exception):
-        await websocket.send_text(json.dumps(message))
-        await websocket.close(CLOSE_TRY_AGAIN, "too many concurrent streams")
 
 
 # --- /ws/transcribe ----------------------------------------------------------------------------
@@ -139,65 +60,18 @@ async def reject_busy(websocket: WebSocket, message: dict[str, Any]) -> None:
 async def ws_transcribe(websocket: WebSocket) -> None:
     services: AppServices = websocket.app.state.services
     settings = services.settings
-    await websocket.accept(subprotocol=chosen_subprotocol(websocket))
+    if not await accept(websocket):
+        return
     lease = services.streams.try_acquire()
     if lease is None:
         limit = settings.stream_max_concurrent
         error = ErrorEvent(code="too_many_streams", message=f"the server is serving {limit} streams; retry later")
-        await reject_busy(websocket, error.model_dump(exclude_none=True))
+        await reject_busy(websocket, error.model_dump(exclude_none=True), settings)
         return
     try:
         await _TranscribeStream(websocket, services, lease).run()
     finally:
         lease.release()
-
-
-class StreamClosing(Exception):
-    """End a stream: finalise what was heard (unless `finish=False`), send an error event, close."""
-
-    def __init__(
-        self, code: int, reason: str, error_code: str | None = None, message: str = "", *, finish: bool = True
-    ) -> None:
-        super().__init__(reason)
-        self.code, self.reason, self.error_code, self.message, self.finish = code, reason, error_code, message, finish
-
-
-class ClientInbox:
-    """Client messages, read in the background, with the stream's idle and session-length deadlines.
-
-    The inbox is small: while the handler waits for the model, it fills and reading stops, so the
-    client is slowed down by TCP instead of the server buffering without bound.
-    """
-
-    def __init__(self, websocket: WebSocket, settings: Settings) -> None:
-        self._settings = settings
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=4)
-        self._reader = asyncio.create_task(read_into(websocket, self._queue))
-        self._session_deadline = time.monotonic() + settings.stream_max_session_seconds
-        self.last_audio = time.monotonic()
-
-    def audio_arrived(self) -> None:
-        self.last_audio = time.monotonic()
-
-    async def get(self) -> dict[str, Any]:
-        """The next ASGI message; raises StreamClosing when a deadline passes first."""
-        settings = self._settings
-        idle_deadline = self.last_audio + settings.stream_idle_timeout
-        deadline = min(idle_deadline, self._session_deadline)
-        try:
-            return await asyncio.wait_for(self._queue.get(), max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:
-            # Decide by which deadline was nearer, not by re-reading the clock: timers may fire a hair early.
-            if self._session_deadline <= idle_deadline:
-                limit = f"STREAM_MAX_SESSION_SECONDS={settings.stream_max_session_seconds:g}"
-                raise StreamClosing(
-                    CLOSE_POLICY, "maximum session length", "session_too_long", f"the stream reached {limit}"
-                ) from None
-            idle = f"no audio for {settings.stream_idle_timeout:g} s (STREAM_IDLE_TIMEOUT)"
-            raise StreamClosing(CLOSE_POLICY, "idle timeout", "idle_timeout", idle) from None
-
-    def close(self) -> None:
-        self._reader.cancel()
 
 
 class _TranscribeStream:
@@ -206,73 +80,74 @@ class _TranscribeStream:
         self.services = services
         self.settings = services.settings
         self.lease = lease
+        self.conn = StreamConnection(websocket, services.settings)
         self.session: StreamSession | None = None
         self.start_message: StartMessage | None = None
         self.resampler: Any = None
-        self._send_lock = asyncio.Lock()
         self._sender: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        settings = self.settings
-        await self.send(
-            ReadyEvent(
-                session_id=uuid.uuid4().hex[:16],
-                audio=AudioFormat(),
-                limits=Limits(
-                    max_frame_bytes=settings.stream_max_frame_bytes,
-                    max_buffer_seconds=settings.stream_max_buffer_seconds,
-                    idle_timeout_seconds=settings.stream_idle_timeout,
-                    max_session_seconds=settings.stream_max_session_seconds,
-                    max_concurrent_streams=settings.stream_max_concurrent,
-                    max_utterance_seconds=settings.stream_max_utterance_seconds,
-                    partial_interval_ms=settings.stream_partial_interval_ms,
-                ),
-            )
-        )
-        inbox = ClientInbox(self.ws, settings)
         try:
+            await self.send(self.ready_event())
             while True:
-                message = await inbox.get()
+                message = await self.conn.get()
                 if message["type"] == "websocket.disconnect":
                     return
                 if message.get("bytes") is not None:
-                    if await self.on_audio(message["bytes"]):
-                        inbox.audio_arrived()
+                    await self.on_audio(message["bytes"])
                 elif message.get("text") is not None:
                     await self.on_text(message["text"])
         except StreamClosing as closing:
             await self.close(closing)
+        except ClientGone:
+            logger.debug("a /ws/transcribe client left")
         finally:
-            inbox.close()
             if self._sender is not None:
                 self._sender.cancel()
             if self.session is not None:
                 await self.session.aclose()
+            await self.conn.aclose()
+
+    def ready_event(self) -> ReadyEvent:
+        settings = self.settings
+        return ReadyEvent(
+            session_id=uuid.uuid4().hex[:16],
+            audio=AudioFormat(),
+            limits=Limits(
+                max_frame_bytes=settings.stream_max_frame_bytes,
+                max_buffer_seconds=settings.stream_max_buffer_seconds,
+                idle_timeout_seconds=settings.stream_idle_timeout,
+                max_session_seconds=settings.stream_max_session_seconds,
+                max_concurrent_streams=settings.stream_max_concurrent,
+                max_utterance_seconds=settings.stream_max_utterance_seconds,
+                partial_interval_ms=settings.stream_partial_interval_ms,
+            ),
+        )
 
     # --- inbound ---------------------------------------------------------------------------
-    async def on_audio(self, data: bytes) -> bool:
-        """Validate and feed one binary frame; True when it carried audio."""
+    async def on_audio(self, data: bytes) -> None:
+        """Validate and feed one binary frame."""
         if len(data) > self.settings.stream_max_frame_bytes:
             await self.error(
                 "frame_too_large", f"audio frames may hold at most {self.settings.stream_max_frame_bytes} bytes"
             )
-            return False
+            return
         if len(data) % 2:
             await self.error("invalid_audio", "audio frames must hold whole 16-bit samples (an even number of bytes)")
-            return False
+            return
         if not data:
-            return False
+            return
+        self.conn.audio_arrived()
         self.services.worker.touch()
         session = self.ensure_session()
         samples = pcm16_to_float(data)
         if self.resampler is not None:
             samples = self.resampler.resample_chunk(samples)
         settings = self.settings
-        if not await session.wait_for_room(settings.stream_max_buffer_seconds, settings.stream_idle_timeout):
+        if not await session.wait_for_room(settings.stream_max_buffer_seconds, self.conn.seconds_left()):
             waiting = f"more than {settings.stream_max_buffer_seconds:g} s of audio is waiting for the model"
             raise StreamClosing(CLOSE_TRY_AGAIN, "the model cannot keep up", "buffer_full", waiting, finish=False)
         await session.feed(samples)
-        return True
 
     async def on_text(self, text: str) -> None:
         if len(text.encode()) > self.settings.stream_max_frame_bytes:
@@ -281,7 +156,7 @@ class _TranscribeStream:
             )
             return
         try:
-            payload = json.loads(text)
+            payload = parse_json(text)
         except ValueError:
             await self.error("invalid_json", "text messages must be JSON objects")
             return
@@ -289,7 +164,9 @@ class _TranscribeStream:
             await self.error("invalid_message", "a message is a JSON object with a string 'type'")
             return
         if payload["type"] not in ("start", "flush", "stop"):
-            await self.error("unknown_type", f"unknown message type {payload['type']!r}; expected start, flush or stop")
+            await self.error(
+                "unknown_type", f"unknown message type {echo(payload['type'])}; expected start, flush or stop"
+            )
             return
         try:
             message = ClientMessage.validate_python(payload)
@@ -320,10 +197,10 @@ class _TranscribeStream:
     def ensure_session(self) -> StreamSession:
         if self.session is None:
             start = self.start_message or StartMessage(type="start")
-            if start.sample_rate != 16000:
+            if start.sample_rate != SAMPLE_RATE:
                 import soxr
 
-                self.resampler = soxr.ResampleStream(start.sample_rate, 16000, 1, dtype="float32")
+                self.resampler = soxr.ResampleStream(start.sample_rate, SAMPLE_RATE, 1, dtype="float32")
             config = stream_config(
                 self.settings, language=normalize_language(start.language), context=start.prompt or ""
             )
@@ -339,29 +216,27 @@ class _TranscribeStream:
                 wire = _to_wire(event)
                 if wire is not None:
                     await self.send(wire)
-            except Exception:  # the client is gone: the reader ends the stream
-                logger.debug("stream event not delivered")
+            except ClientGone:  # the handler's next read ends the stream; events are still consumed
+                pass
             finally:
                 session.events.task_done()
 
     async def send(self, event: BaseModel) -> None:
-        async with self._send_lock:
-            await self.ws.send_text(event.model_dump_json(exclude_none=isinstance(event, ErrorEvent)))
+        await self.conn.send_text(event.model_dump_json(exclude_none=isinstance(event, ErrorEvent)))
 
     async def error(self, code: str, message: str) -> None:
         self.services.streams.metrics.errors += 1
         await self.send(ErrorEvent(code=code, message=message))
 
     async def close(self, closing: StreamClosing) -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(ClientGone):
             if self.session is not None and closing.finish:
                 await self.session.finish()
-                await self.session.events.join()  # every final reached the client
+                await self.session.events.join()  # every final reached the client (or was dropped)
             if closing.error_code is not None:
                 self.services.streams.metrics.errors += 1
                 await self.send(ErrorEvent(code=closing.error_code, message=closing.message))
-            if self.ws.client_state == WebSocketState.CONNECTED:
-                await self.ws.close(closing.code, closing.reason)
+            await self.conn.close(closing)
 
 
 def _to_wire(event: SessionEvent) -> BaseModel | None:
@@ -380,18 +255,6 @@ def _to_wire(event: SessionEvent) -> BaseModel | None:
     if isinstance(event, SessionError):
         return ErrorEvent(code=event.code, message=event.message, segment_id=event.segment_id)
     return None  # speech started/stopped: not part of this protocol
-
-
-async def read_into(websocket: WebSocket, inbox: asyncio.Queue[dict[str, Any]]) -> None:
-    """Move client messages into `inbox`; blocks (and so stops reading the socket) when it is full."""
-    while True:
-        try:
-            message = await websocket.receive()
-        except Exception:
-            message = {"type": "websocket.disconnect"}
-        await inbox.put(message)
-        if message["type"] == "websocket.disconnect":
-            return
 
 
 # --- the demo page -------------------------------------------------------------------------------

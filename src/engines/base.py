@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 
 from asr_server.engines.special_tokens import neutralize_special_tokens
+from asr_server.media import SAMPLE_RATE
 
 # The shortest clip an engine is given: 0.1 s at 16 kHz, OpenAI's minimum upload. The feature extractor
 # cannot frame fewer than 201 samples at all (its STFT pads 200 on each side).
-MIN_AUDIO_SAMPLES = 1_600
+MIN_AUDIO_SAMPLES = SAMPLE_RATE // 10
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Engine(ABC):
 
     def warmup(self) -> None:
         """Run one short silent clip so the first real request pays no one-off costs."""
-        self.transcribe([TranscribeItem(audio=np.zeros(16_000, dtype=np.float32), language="English")])
+        self.transcribe([TranscribeItem(audio=np.zeros(SAMPLE_RATE, dtype=np.float32), language="English")])
 
     @abstractmethod
     def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:

@@ -26,8 +26,8 @@ from asr_server.engines.hardware import cap_gpu_memory, install_memory_plan, phy
 from asr_server.engines.quantization import load_dtype, quantize_model
 from asr_server.engines.weights import resolve_weights
 from asr_server.errors import EngineUnavailable
+from asr_server.media import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 ENCODER_CONV_CHUNKS = 50  # one-second mel chunks per encoder convolution call when BOUND_PREFILL_MEMORY=1
 
 

@@ -32,8 +32,8 @@ from asr_server.config import Settings
 from asr_server.engines.base import Engine, TranscribeItem, Transcript
 from asr_server.engines.token_text import GeneratedRow, TokenText
 from asr_server.errors import EngineUnavailable
+from asr_server.media import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 MAX_PIECE_SECONDS = 1200  # qwen-asr's MAX_ASR_INPUT_SECONDS: longer audio is transcribed in pieces
 AUDIO_TOKENS_PER_SECOND = 13  # 100 mel frames -> 13 encoder outputs
 PROMPT_ALLOWANCE = 1024  # chat template plus context text, in tokens

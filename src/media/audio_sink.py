@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from asr_server.errors import AudioDecodeError, PayloadTooLarge
+from asr_server.media import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 # Blocks of at most this many source frames (and at most one second): 32 channels x 64 Ki x 4 B = 8 MiB.
 MAX_BLOCK_FRAMES = 1 << 16
 # An output chunk list is joined once at the end; preallocate when the length is known to avoid that copy.

@@ -14,7 +14,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from asr_server.media import SAMPLE_RATE
+
 FRAME_SAMPLES = 512  # silero's window at 16 kHz (32 ms)
 _CONTEXT_SAMPLES = 64  # silero prepends the previous frame's last 64 samples to each window
 _STATE_SHAPE = (2, 1, 128)

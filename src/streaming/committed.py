@@ -10,6 +10,7 @@ from asr_server.media.vad import VAD, speech_regions, split_at_quiet_points
 from asr_server.streaming.metrics import StreamMetrics
 from asr_server.streaming.segmenter import SAMPLE_RATE
 from asr_server.streaming.session import TranscribeFn
+from asr_server.text.units import join_pieces
 
 
 async def transcribe_committed(
@@ -37,4 +38,4 @@ async def transcribe_committed(
         text, language_found = await transcribe(span[start:end], language, context)
         if text:
             texts.append(text)
-    return " ".join(texts), language_found
+    return join_pieces(texts), language_found  # as every other join of pieces: no space between CJK pieces

@@ -19,7 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from asr_server.media import SAMPLE_RATE
+
 FRAME_SAMPLES = 512
 CloseReason = Literal["pause", "max_length", "flush"]
 
