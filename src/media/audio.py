@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from asr_server.errors import AudioDecodeError, UnsupportedMediaType
-from asr_server.media.audio_sink import SAMPLE_RATE, DecodeLimits, MonoSink, release_free_memory, too_long
+from asr_server.media import SAMPLE_RATE
+from asr_server.media.audio_sink import DecodeLimits, MonoSink, release_free_memory, too_long
 
-__all__ = ["SAMPLE_RATE", "DecodeLimits", "DecodedAudio", "decode_audio", "pcm16_to_float", "resample"]
+__all__ = ["DecodeLimits", "DecodedAudio", "decode_audio", "file_extension", "pcm16_to_float", "resample"]
 
 # Extensions OpenAI documents for uploads; anything else that FFmpeg still decodes is accepted too.
 KNOWN_AUDIO_EXTENSIONS = frozenset(

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from asr_server.engines import Transcript
-from asr_server.media.vad import FRAME_SAMPLES, SAMPLE_RATE
+from asr_server.media import SAMPLE_RATE
+from asr_server.media.vad import FRAME_SAMPLES
 from asr_server.subtitle import segments_from_cues
 from asr_server.text.cues import Cue
 

@@ -22,7 +22,8 @@ from loguru import logger
 
 from asr_server.engines import AlignedUnit, AlignItem, TranscribeItem, Transcript
 from asr_server.errors import ServiceError
-from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
+from asr_server.media import SAMPLE_RATE
+from asr_server.media.audio import DecodedAudio
 from asr_server.media.vad import frame_probabilities, load_vad, regions_from_probabilities, split_at_quiet_points
 from asr_server.queue import PRIORITY_HTTP, JobKind
 from asr_server.services.segments import SpeechFrames

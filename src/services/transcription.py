@@ -13,7 +13,8 @@ from typing import Any
 from asr_server.config import Settings
 from asr_server.engines import TranscribeItem, Transcript
 from asr_server.errors import JobTimeout
-from asr_server.media.audio import SAMPLE_RATE, DecodedAudio
+from asr_server.media import SAMPLE_RATE
+from asr_server.media.audio import DecodedAudio
 from asr_server.media.vad import split_at_quiet_points
 from asr_server.queue import PRIORITY_HTTP, JobKind, PriorityInferQueue
 from asr_server.text.units import join_pieces

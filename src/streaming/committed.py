@@ -6,9 +6,9 @@ import asyncio
 
 import numpy as np
 
+from asr_server.media import SAMPLE_RATE
 from asr_server.media.vad import VAD, speech_regions, split_at_quiet_points
 from asr_server.streaming.metrics import StreamMetrics
-from asr_server.streaming.segmenter import SAMPLE_RATE
 from asr_server.streaming.session import TranscribeFn
 from asr_server.text.units import join_pieces
 

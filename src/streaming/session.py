@@ -28,10 +28,11 @@ import numpy as np
 from loguru import logger
 
 from asr_server.errors import QueueFull, ServiceError
+from asr_server.media import SAMPLE_RATE
 from asr_server.media.vad import VAD
 from asr_server.streaming.events import Final, Partial, SessionError, SessionEvent, SpeechStarted, SpeechStopped
 from asr_server.streaming.metrics import StreamMetrics
-from asr_server.streaming.segmenter import FRAME_SAMPLES, SAMPLE_RATE, Segmenter, SegmenterConfig, Started, Utterance
+from asr_server.streaming.segmenter import FRAME_SAMPLES, Segmenter, SegmenterConfig, Started, Utterance
 
 TranscribeFn = Callable[[np.ndarray, str | None, str], Awaitable[tuple[str, str | None]]]
 
