@@ -124,13 +124,12 @@ class _LocalHandle:
 
 
 def _local_replica(engine: Engine) -> Any:
-    from concurrent.futures import ThreadPoolExecutor
-
+    from asr_server.engines.hosting import EngineExecutor
     from asr_server.engines.ray.serve import ModelReplica
 
     replica = ModelReplica.__new__(ModelReplica)  # the constructor needs a Ray replica context
     replica._engine, replica._id = engine, "local"
-    replica._executor = ThreadPoolExecutor(max_workers=1)
+    replica._executor = EngineExecutor(engine)
     engine.load()
     return replica
 
@@ -330,7 +329,13 @@ def test_a_stream_through_the_ingress(deploy: Deploy, single_process: str) -> No
 def test_tiny_checkpoint_on_two_replicas_survives_a_killed_replica(deploy: Deploy, hello_asr_dir: Path) -> None:
     url = deploy(_hello_settings(hello_asr_dir))
     clip = encode(noise(20.0, seed=3))
-    expected = {"text": "hello world", "language": "english", "language_code": "en", "duration": 20.0}
+    expected = {
+        "text": "hello world",
+        "language": "english",
+        "language_code": "en",
+        "duration": 20.0,
+        "usage": {"type": "duration", "seconds": 20},
+    }
 
     async def uploads(n: int, kill: str | None = None) -> tuple[list[httpx.Response], list[int]]:
         """n concurrent uploads; with `kill`, SIGKILL that replica once it is running this wave's batches."""
