@@ -13,26 +13,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
-import ctypes
 import gc
 import json
 import tracemalloc
 
 import numpy as np
-import websockets
 from common import peak_rss, rss_mb
 
 from asr_server.config import Settings
+from asr_server.media.audio_sink import release_free_memory
 from asr_server.server import create_app
-from asr_server.testing import running_server
+from asr_server.testing import commit_realtime_turns, running_server
 
 RATE = 24_000  # the Realtime API's PCM16 rate
-
-
-def _trim() -> None:
-    with contextlib.suppress(OSError, AttributeError):  # glibc only
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _appends(seconds: float) -> list[str]:
@@ -46,34 +39,6 @@ def _appends(seconds: float) -> list[str]:
     return [json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(c).decode()}) for c in chunks]
 
 
-async def _session(url: str, turns: int, appends: list[str]) -> int:
-    """Commit `turns` turns without waiting, then read until every one is transcribed; return the count."""
-    no_vad = {
-        "type": "session.update",
-        "session": {"type": "transcription", "audio": {"input": {"turn_detection": None}}},
-    }
-    async with websockets.connect(f"{url}/v1/realtime?intent=transcription", max_size=None) as ws:
-        await ws.recv()
-        await ws.send(json.dumps(no_vad))
-
-        async def send_all() -> None:
-            for _ in range(turns):
-                for append in appends:
-                    await ws.send(append)
-                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-
-        sender = asyncio.create_task(send_all())
-        done = 0
-        while done < turns:
-            event = json.loads(await ws.recv())
-            done += event["type"] in (
-                "conversation.item.input_audio_transcription.completed",
-                "conversation.item.input_audio_transcription.failed",
-            )
-        await sender
-    return done
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=3)
@@ -85,18 +50,18 @@ def main() -> None:
     app = create_app(Settings(asr_engine="fake", stream_vad=args.vad, log_level="WARNING"))
     with running_server(app) as base:
         url = base.replace("http", "ws")
-        asyncio.run(_session(url, 2, appends))  # warm-up: the VAD model, first-use caches
+        asyncio.run(commit_realtime_turns(url, 2, appends))  # warm-up: the VAD model, first-use caches
         gc.collect()
-        _trim()
+        release_free_memory()
         print(f"after a warm-up session: RSS {rss_mb():.0f} MB")
         tracemalloc.start()
         print("| session | turns | peak RSS | RSS after | RSS trimmed | traced heap after |\n|---|---|---|---|---|---|")
         for number in range(1, args.sessions + 1):
             with peak_rss() as peak:
-                done = asyncio.run(_session(url, args.turns, appends))
+                done = asyncio.run(commit_realtime_turns(url, args.turns, appends)).total()
             gc.collect()
             rss = rss_mb()
-            _trim()
+            release_free_memory()
             traced = tracemalloc.get_traced_memory()[0] / 2**20
             row = f"| {number} | {done} | {peak[0]:.0f} MB | {rss:.0f} MB | {rss_mb():.0f} MB | {traced:.2f} MB |"
             print(row, flush=True)

@@ -92,9 +92,13 @@ class PriorityInferQueue:
             future=asyncio.get_running_loop().create_future(),
             enqueued_at=now,
         )
-        heapq.heappush(self._heap, _Entry(priority + now / self._aging_s, next(self._seq), job))
+        self._push(job)
         self._not_empty.set()
         return job
+
+    def _push(self, job: Job) -> None:
+        """Into the heap by effective priority (see the module docstring): priority + arrival / aging."""
+        heapq.heappush(self._heap, _Entry(job.priority + job.enqueued_at / self._aging_s, next(self._seq), job))
 
     def retry_after_seconds(self) -> int:
         return max(1, math.ceil(self._seconds_per_job * max(1, len(self._heap))))
@@ -184,8 +188,7 @@ class PriorityInferQueue:
         its priority, its place by arrival time and its deadline. Never refused: they were admitted already."""
         for job in jobs:
             if not job.done:
-                key = job.priority + job.enqueued_at / self._aging_s
-                heapq.heappush(self._heap, _Entry(key, next(self._seq), job))
+                self._push(job)
         if self._heap:
             self._not_empty.set()
 

@@ -55,8 +55,8 @@ class ModelWorker:
         # An engine that batches continuously by itself (vLLM) declares `concurrency` > 1: it may be called
         # from that many threads at once, and that many loops keep that many batches in flight. Every
         # other engine has none: one engine thread, one batch at a time.
-        self._concurrency = max(1, int(getattr(engine, "concurrency", 1)))
         self._executor = EngineExecutor(engine)
+        self._concurrency = self._executor.threads
         self._tasks: list[asyncio.Task[None]] = []
         self._load_lock = asyncio.Lock()
         self.state = EngineState.unloaded
@@ -170,9 +170,9 @@ class ModelWorker:
         self.touch()
         try:
             kind = batch[0].kind
-            started = time.perf_counter()
             try:
                 await self.ensure_loaded()
+                started = time.perf_counter()  # the batch's own time, not the model load before it
                 outcomes = await self._run_with_isolation(kind, batch)
             except EngineRestarting as exc:
                 # The work never started: back to the queue, to run on the new engine within its deadline.

@@ -170,3 +170,28 @@ async def test_touch_keeps_the_model_loaded() -> None:
         assert engine.loaded
     finally:
         await worker.stop()
+
+
+class SlowLoadingEngine(ScriptedEngine):
+    def load(self) -> None:
+        threading.Event().wait(0.6)  # a model that takes a while to load
+        super().load()
+
+
+async def test_inference_time_does_not_include_the_model_load() -> None:
+    """The first batch after a lazy load is timed from when the engine is ready: the inference histogram (and the
+    Retry-After estimate fed from the same time) measure inference, not the load before it."""
+    from asr_server.metrics import Metrics
+
+    settings = Settings(asr_engine="fake", warmup=False)
+    queue = PriorityInferQueue(settings.queue_max, aging_s=settings.queue_aging_s)
+    metrics = Metrics()
+    worker = ModelWorker(settings, SlowLoadingEngine(), queue, metrics)
+    await worker.start()
+    try:
+        await TranscriptionService(settings, queue).transcribe(_audio(), context="first")
+    finally:
+        await worker.stop()
+    inference = metrics.inference_seconds.labels("transcribe")
+    total = next(s.value for m in inference.collect() for s in m.samples if s.name.endswith("_sum"))
+    assert 0 <= total < 0.3, f"the first batch was timed at {total:.2f} s, the 0.6 s load included"

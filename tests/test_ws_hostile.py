@@ -26,6 +26,7 @@ from loguru import logger
 from asr_server.config import Settings
 from asr_server.server import create_app
 from asr_server.streaming import StreamSession
+from asr_server.testing import commit_realtime_turns
 
 from support import GatedEngine, running_server, tone
 
@@ -258,29 +259,16 @@ async def test_a_socket_over_the_per_key_limit_gets_429_and_a_wrong_key_401() ->
 
 # --- 5. committed audio is released ------------------------------------------------------------
 async def committed_turns(url: str, turns: int, seconds: float) -> int:
-    """Commit `turns` buffers of `seconds` without waiting for their transcripts; count the transcripts."""
+    """Commit `turns` buffers of `seconds` without waiting for their transcripts; count the transcripts (every
+    turn must complete: a failed one fails the test)."""
     audio = np.concatenate([np.zeros(2400, np.float32), tone(seconds - 0.2, REALTIME_RATE), np.zeros(2400, np.float32)])
     appends = [
         json.dumps({"type": "input_audio_buffer.append", "audio": b64(audio[i : i + REALTIME_RATE])})
         for i in range(0, audio.size, REALTIME_RATE)
     ]
-    async with websockets.connect(f"{url}/v1/realtime?intent=transcription", max_size=None) as ws:
-        await ws.recv()
-        await ws.send(json.dumps(NO_VAD))
-
-        async def send_all() -> None:
-            for _ in range(turns):
-                for append in appends:
-                    await ws.send(append)
-                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-
-        sender = asyncio.create_task(send_all())
-        completed = 0
-        while completed < turns:
-            event = json.loads(await asyncio.wait_for(ws.recv(), 60))
-            completed += event["type"] == "conversation.item.input_audio_transcription.completed"
-        await sender
-    return completed
+    finals = await commit_realtime_turns(url, turns, appends)
+    assert finals["failed"] == 0, finals
+    return finals["completed"]
 
 
 async def test_committed_audio_waiting_for_the_model_is_bounded_and_released() -> None:

@@ -19,12 +19,11 @@ from loguru import logger
 from asr_server.api.dependencies import AppServices
 from asr_server.api.stream_connection import CLOSE_TRY_AGAIN, StreamClosing, StreamConnection
 from asr_server.api.stream_sessions import make_transcriber, make_vad
+from asr_server.engines.base import MIN_AUDIO_SAMPLES  # OpenAI refuses to commit less than 100 ms
 from asr_server.errors import InvalidField, ServiceError
 from asr_server.media import SAMPLE_RATE
 from asr_server.media.vad import VAD
 from asr_server.streaming.committed import transcribe_committed
-
-MIN_COMMIT_SAMPLES = SAMPLE_RATE // 10  # OpenAI refuses to commit less than 100 ms
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class CommittedTurns:
 
     # --- commits ----------------------------------------------------------------------------
     def check_commit(self) -> None:
-        if self.buffered < MIN_COMMIT_SAMPLES:
+        if self.buffered < MIN_AUDIO_SAMPLES:
             held_ms = self.buffered * 1000 // SAMPLE_RATE
             raise InvalidField(
                 f"buffer too small: expected at least 100ms of audio, but it holds {held_ms}ms",

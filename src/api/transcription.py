@@ -107,8 +107,8 @@ def format_timed(
     if result.fallback_chunks:
         headers["X-Subtitle-Fallback-Chunks"] = ",".join(str(i) for i in result.fallback_chunks)
     if response_format in SUBTITLE_MEDIA_TYPES:
-        body = to_srt(result.cues) if response_format == ResponseFormat.srt else to_vtt(result.cues)
-        return PlainTextResponse(body, media_type=SUBTITLE_MEDIA_TYPES[response_format], headers=headers)
+        subtitles = to_srt(result.cues) if response_format == ResponseFormat.srt else to_vtt(result.cues)
+        return PlainTextResponse(subtitles, media_type=SUBTITLE_MEDIA_TYPES[response_format], headers=headers)
     body = TranscriptionVerboseJSON(
         language=language_label(result.language),
         duration=round(result.duration, 3),

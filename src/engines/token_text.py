@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from asr_server.engines.base import Transcript
+
 ASR_TEXT_TOKEN = "<asr_text>"
 
 
@@ -44,6 +46,19 @@ class TokenText:
         return GeneratedRow(
             tokens=[row.tokens[i] for i in keep],
             logprobs=[row.logprobs[i] for i in keep] if row.logprobs else [],
+        )
+
+    def transcript(self, text: str, language: str, parts: list[GeneratedRow]) -> Transcript:
+        """One item's Transcript from the text parts of its generated rows (one per piece, in order). Scores
+        are kept only when every token has one (a generator without scores gives none at all)."""
+        tokens = [token for part in parts for token in part.tokens]
+        scored = all(len(part.logprobs) == len(part.tokens) for part in parts)
+        return Transcript(
+            text=text,
+            language=language,
+            tokens=tuple(tokens),
+            logprobs=tuple(lp for part in parts for lp in part.logprobs) if tokens and scored else (),
+            token_bytes=tuple(self.token_bytes(tokens)),
         )
 
     def token_bytes(self, tokens: list[int]) -> list[bytes]:

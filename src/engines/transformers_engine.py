@@ -212,18 +212,8 @@ class TransformersEngine(Engine):
         for item, result in zip(items, results, strict=True):
             text = result.text or ""
             item_rows = [rows.pop(0) for _ in range(per_item.pop(0))] if per_item else []
-            parts = [self._token_text.text_part(row, bool(item.language)) for row in item_rows]
-            tokens = [token for part in parts for token in part.tokens] if text.strip() else []
-            scored = all(len(part.logprobs) == len(part.tokens) for part in parts)
-            transcripts.append(
-                Transcript(
-                    text=text,
-                    language=result.language or "",
-                    tokens=tuple(tokens),
-                    logprobs=tuple(lp for part in parts for lp in part.logprobs) if tokens and scored else (),
-                    token_bytes=tuple(self._token_text.token_bytes(tokens)),
-                )
-            )
+            parts = [self._token_text.text_part(row, bool(item.language)) for row in item_rows] if text.strip() else []
+            transcripts.append(self._token_text.transcript(text, result.language or "", parts))
         return transcripts
 
     @staticmethod

@@ -158,20 +158,16 @@ class VllmEngine(Engine):
         pieces = [item.audio[i : i + step] for i in range(0, max(len(item.audio), 1), step)]
         raw = await asyncio.gather(*(self._generate(piece, item.context, language) for piece in pieces))
         parsed = [parse_asr_output(text, language) for text, _ in raw]
+        text = "".join(t for _, t in parsed)
+        languages = merge_languages([lang for lang, _ in parsed])
         token_text = self._token_text
+        if token_text is None:  # unloaded meanwhile
+            return Transcript(text=text, language=languages)
         parts = [
-            token_text.text_part(row, language is not None) if token_text is not None and text else GeneratedRow([], [])
-            for (_, row), (_, text) in zip(raw, parsed, strict=True)
+            token_text.text_part(row, language is not None) if piece_text else GeneratedRow([], [])
+            for (_, row), (_, piece_text) in zip(raw, parsed, strict=True)
         ]
-        tokens = [token for part in parts for token in part.tokens]
-        scored = all(len(part.logprobs) == len(part.tokens) for part in parts)
-        return Transcript(
-            text="".join(t for _, t in parsed),
-            language=merge_languages([lang for lang, _ in parsed]),
-            tokens=tuple(tokens),
-            logprobs=tuple(lp for part in parts for lp in part.logprobs) if scored else (),
-            token_bytes=tuple(token_text.token_bytes(tokens)) if token_text is not None else (),
-        )
+        return token_text.transcript(text, languages, parts)
 
     async def _generate(self, audio: np.ndarray, context: str, language: str | None) -> tuple[str, GeneratedRow]:
         """The raw output text, and its token ids with the sampled tokens' log-probabilities."""

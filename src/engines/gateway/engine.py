@@ -182,6 +182,7 @@ class RemoteEngine(Engine):
                 "/load", timeout=LOAD_TIMEOUT_S, params={"warmup": str(self._settings.warmup).lower()}
             )
         except WorkerProcessDied as exc:  # killed while starting: try again, unless it keeps dying
+            self._stop_process()  # cleared here, so the watcher does not reap (and count) it a second time
             self._failed_starts += 1
             self.restarts += 1
             if self._failed_starts >= MAX_START_ATTEMPTS:
@@ -230,8 +231,7 @@ class RemoteEngine(Engine):
             try:
                 self._start_and_load()
             except EngineRestarting:
-                self._stop_process()  # the next load (a queued job's) starts a fresh one
-                raise
+                raise  # the next load (a queued job's) starts a fresh process; _want_loaded stays set
             except EngineUnavailable:
                 self._want_loaded = False
                 self._stop_process()
