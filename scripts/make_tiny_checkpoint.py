@@ -4,7 +4,7 @@
 Nothing is downloaded: the tokenizer, feature extractor, chat template, configuration and weights are all
 made here. Usage::
 
-    python scripts/make_tiny_checkpoint.py OUT_DIR [--aligner] [--hello] [--dims tiny|0.6b|1.7b] [--seed N]
+    python scripts/make_tiny_checkpoint.py OUT_DIR [--aligner] [--hello] [--dims tiny|tiny-vllm|0.6b|1.7b] [--seed N]
 
 * default (``--dims tiny``): a ~10 M-parameter fp32 Qwen3-ASR with the real vocabulary size (151936) and the
   real special-token ids, so generation can stop at ``<|im_end|>``; random weights give varied pseudo-words
@@ -14,6 +14,8 @@ made here. Usage::
   ("English", "hello world"); with a forced language X it gives (X, "hello world").
 * ``--aligner``: a tiny Qwen3-ForcedAligner; random weights, shaped so every predicted time falls within
   0..``ALIGNER_MAX_TIME`` (0.48 s), ordered; words often share a time (zero-length items).
+* ``--dims tiny-vllm``: the tiny design with head_dim 64 (decoder hidden 128), which vLLM's CPU attention
+  runs; ``--hello`` works with it too.
 * ``--dims 0.6b`` / ``--dims 1.7b``: the real Qwen3-ASR-0.6B / 1.7B dimensions (782 M / 2.04 B parameters,
   tied embeddings as published), random weights, saved in bf16 like the published checkpoints
   (``--dtype fp32`` to change), for benchmarks.
@@ -112,6 +114,8 @@ ALIGNER_LANGUAGES = _words("Chinese Cantonese English German Spanish French Ital
 # (encoder layers, heads, ffn, d_model | decoder hidden, ffn, layers, heads, kv heads, head dim | mrope | tied).
 DIMS: dict[str, dict[str, Any]] = {
     "tiny": dict(audio=(2, 2, 64, 32, 8), text=(32, 64, 2, 2, 1, 16), mrope=[4, 2, 2], tied=False),
+    # vLLM's CPU attention supports only some head sizes (not 16): the same tiny design with head_dim 64.
+    "tiny-vllm": dict(audio=(2, 2, 64, 32, 8), text=(128, 256, 2, 2, 1, 64), mrope=[12, 10, 10], tied=False),
     "0.6b": dict(audio=(18, 14, 3584, 896, 480), text=(1024, 3072, 28, 16, 8, 128), mrope=[24, 20, 20], tied=True),
     "1.7b": dict(audio=(24, 16, 4096, 1024, 480), text=(2048, 6144, 28, 16, 8, 128), mrope=[24, 20, 20], tied=True),
 }
@@ -294,12 +298,12 @@ def build_asr_checkpoint(
 
     if dims not in DIMS:
         raise ValueError(f"dims must be one of {sorted(DIMS)}")
-    if hello and dims != "tiny":
-        raise ValueError("--hello needs --dims tiny")
-    save_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype or ("fp32" if dims == "tiny" else "bf16")]
+    tiny = dims.startswith("tiny")
+    if hello and not tiny:
+        raise ValueError("--hello needs a tiny --dims")
+    save_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype or ("fp32" if tiny else "bf16")]
     with _staging(out_dir) as tmp:
         processor = _build_processor()
-        tiny = dims == "tiny"
         model = _new_model(
             _config(dims, aligner=False), dtype=torch.float32 if tiny else save_dtype, seed=seed, tiny=tiny
         )
@@ -322,7 +326,7 @@ def build_aligner_checkpoint(
 
     if dims not in DIMS:
         raise ValueError(f"dims must be one of {sorted(DIMS)}")
-    tiny = dims == "tiny"
+    tiny = dims.startswith("tiny")
     save_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype or ("fp32" if tiny else "bf16")]
     with _staging(out_dir) as tmp:
         model = _new_model(

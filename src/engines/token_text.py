@@ -29,7 +29,8 @@ class TokenText:
     """Splits a generated row into its transcript-text part and gives each token's UTF-8 bytes."""
 
     def __init__(self, tokenizer: Any) -> None:
-        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+        # The byte-level BPE alphabet; convert_slow_tokenizer has it in transformers 4 and 5 alike.
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
         self._tokenizer = tokenizer
         self._asr_text_id = tokenizer.convert_tokens_to_ids(ASR_TEXT_TOKEN)

@@ -29,7 +29,7 @@ import numpy as np
 from loguru import logger
 
 from asr_server.config import Settings
-from asr_server.engines.base import Engine, TranscribeItem, Transcript
+from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
 from asr_server.engines.token_text import GeneratedRow, TokenText
 from asr_server.errors import EngineUnavailable
 from asr_server.media import SAMPLE_RATE
@@ -37,6 +37,7 @@ from asr_server.media import SAMPLE_RATE
 MAX_PIECE_SECONDS = 1200  # qwen-asr's MAX_ASR_INPUT_SECONDS: longer audio is transcribed in pieces
 AUDIO_TOKENS_PER_SECOND = 13  # 100 mel frames -> 13 encoder outputs
 PROMPT_ALLOWANCE = 1024  # chat template plus context text, in tokens
+CPU_KV_CACHE_GIB = 4.0  # VLLM_KV_CACHE_GIB's default on a CPU
 _ASR_TEXT = "<asr_text>"
 _PROMPT = (
     "<|im_start|>system\n{context}<|im_end|>\n<|im_start|>user\n"
@@ -69,6 +70,9 @@ class VllmEngine(Engine):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._request_ids = itertools.count()
+        self._facts: dict[str, object] = {}
+        self._aligner_id = settings.forced_aligner_id or None
+        self._aligner: Any = None  # a VllmAligner once loaded
         self.concurrency = vllm_batches_in_flight(settings)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -79,15 +83,12 @@ class VllmEngine(Engine):
     def load(self) -> None:
         if self._factory is None:
             try:
-                import torch
                 import vllm  # noqa: F401
             except ImportError as exc:
                 raise EngineUnavailable(
                     f"USE_VLLM=1 needs the 'vllm' extra: pip install 'qwen3-asr-server[vllm]': {exc}",
                     code="missing_dependency",
                 ) from exc
-            if not torch.cuda.is_available():
-                raise EngineUnavailable("USE_VLLM=1 needs a CUDA GPU; none is available", code="no_gpu")
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="vllm-loop", daemon=True)
         thread.start()
@@ -119,20 +120,42 @@ class VllmEngine(Engine):
             model=self._model_id,
             dtype=s.dtype,
             gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_bytes(s, on_cpu=_on_cpu()),
             max_num_seqs=s.vllm_max_num_seqs,
+            enforce_eager=s.vllm_enforce_eager,
             max_model_len=int(seconds * AUDIO_TOKENS_PER_SECOND) + s.max_new_tokens + PROMPT_ALLOWANCE,
             limit_mm_per_prompt={"audio": 1},
         )
         llm = AsyncLLMEngine.from_engine_args(args)
+        self._facts = _engine_facts(llm)
+        if self._aligner_id is not None:
+            from asr_server.engines.vllm_aligner import VllmAligner
+
+            aligner = VllmAligner(s, self._aligner_id, kv_cache_bytes(s, on_cpu=_on_cpu()))
+            try:
+                await aligner.start()
+            except Exception:
+                llm.shutdown()
+                raise
+            self._aligner = aligner
+            self._facts["forced_aligner"] = self._aligner_id
         sampling = SamplingParams(temperature=0.0, max_tokens=s.max_new_tokens, logprobs=0)
         return llm, sampling, TokenText(await _engine_tokenizer(llm, self._model_id))
 
     def unload(self) -> None:
-        llm, loop, thread = self._llm, self._loop, self._thread
-        self._llm = self._loop = self._thread = None
+        llm, loop, thread, aligner = self._llm, self._loop, self._thread, self._aligner
+        self._llm = self._loop = self._thread = self._aligner = None
         self._token_text = None
+        if aligner is not None:
+            try:
+                aligner.shutdown()
+            except Exception as exc:
+                logger.warning("vLLM aligner shutdown: {}: {}", type(exc).__name__, exc)
         if llm is not None and hasattr(llm, "shutdown"):
-            llm.shutdown()  # stops vLLM's engine-core process and frees the GPU
+            try:
+                llm.shutdown()  # stops vLLM's engine-core process and frees the GPU
+            except Exception as exc:  # a dead engine core may fail its own shutdown
+                logger.warning("vLLM shutdown: {}: {}", type(exc).__name__, exc)
         if loop is not None and thread is not None:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=30)
@@ -141,16 +164,46 @@ class VllmEngine(Engine):
 
     # --- inference ---------------------------------------------------------------------------
     def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
+        return self._run_all([self._transcribe_one(item) for item in items])
+
+    @property
+    def supports_alignment(self) -> bool:
+        return self._aligner_id is not None
+
+    def align(self, items: list[AlignItem]) -> list[list[AlignedUnit]]:
+        aligner = self._aligner
+        if aligner is None:
+            raise EngineUnavailable(
+                "no forced aligner is configured (FORCED_ALIGNER_ID)" if self._aligner_id is None else "not loaded"
+            )
+        return self._run_all([aligner.align_one(item) for item in items])
+
+    def _run_all(self, coroutines: list[Any]) -> list[Any]:
+        """Run the coroutines on vLLM's loop at once (they join its running batch) and wait for all."""
         loop = self._loop
         if self._llm is None or loop is None:
+            for coroutine in coroutines:
+                coroutine.close()
             raise EngineUnavailable("the model is not loaded")
-        futures = [asyncio.run_coroutine_threadsafe(self._transcribe_one(item), loop) for item in items]
+        futures = [asyncio.run_coroutine_threadsafe(coroutine, loop) for coroutine in coroutines]
         try:
             return [future.result() for future in futures]
-        except BaseException:
+        except BaseException as exc:
             for future in futures:
                 future.cancel()  # vLLM aborts the cancelled requests
+            if self._engine_died(exc):
+                # vLLM's engine-core process is gone and the engine never recovers by itself: this batch gets
+                # a 503, and the worker loads a new engine for the next one (`loaded` is False from now).
+                logger.error("vLLM's engine core stopped ({}); the engine restarts on the next request", exc)
+                self.unload()
+                raise EngineUnavailable(
+                    "vLLM's engine core stopped; the engine restarts for the next request", code="engine_died"
+                ) from exc
             raise
+
+    def _engine_died(self, exc: BaseException) -> bool:
+        aligner_dead = self._aligner is not None and self._aligner.errored
+        return type(exc).__name__ == "EngineDeadError" or bool(getattr(self._llm, "errored", False)) or aligner_dead
 
     async def _transcribe_one(self, item: TranscribeItem) -> Transcript:
         language = _normalize_language(item.language)
@@ -188,15 +241,49 @@ class VllmEngine(Engine):
         return output.text, GeneratedRow(token_ids, logprobs if len(logprobs) == len(token_ids) else [])
 
     def describe(self) -> dict[str, object]:
+        """What the loaded engine reports of itself (device, dtype, threads, KV cache), not what was asked for."""
         return {
             "engine": self.name,
             "path": "vllm",
             "model": self._model_id,
-            "device": "cuda",
             "dtype": self._settings.dtype,
             "max_num_seqs": self._settings.vllm_max_num_seqs,
             "batches_in_flight": self.concurrency,
+            **self._facts,
         }
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def kv_cache_bytes(settings: Settings, *, on_cpu: bool) -> int | None:
+    """VLLM_KV_CACHE_GIB in bytes; on a CPU 4 GiB when unset; None lets vLLM size it on a GPU."""
+    gib = settings.vllm_kv_cache_gib or (CPU_KV_CACHE_GIB if on_cpu else None)
+    return None if gib is None else int(gib * 2**30)
+
+
+def _engine_facts(llm: Any) -> dict[str, object]:
+    """Device, dtype, threads and KV-cache size as the started vLLM engine has them."""
+    import os
+
+    from vllm.platforms import current_platform
+
+    facts: dict[str, object] = {"device": str(current_platform.device_type)}
+    config = getattr(llm, "vllm_config", None)
+    if config is None:
+        return facts
+    facts["dtype"] = str(config.model_config.dtype).removeprefix("torch.")
+    cache = config.cache_config
+    if cache.kv_cache_memory_bytes:
+        facts["kv_cache_gib"] = round(cache.kv_cache_memory_bytes / 2**30, 3)
+    if current_platform.is_cpu():
+        bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        facts["cpu_threads_bind"] = bind
+        facts["cpu_cores"] = len(os.sched_getaffinity(0))
+    return facts
 
 
 async def _engine_tokenizer(llm: Any, model_id: str) -> Any:
