@@ -75,7 +75,8 @@ async def _level(url: str, model: str, concurrency: int, clips: int, clip: bytes
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(clips)))
+    async with client:  # closed inside its own event loop
+        await asyncio.gather(*(one() for _ in range(clips)))
     return time.perf_counter() - started, sorted(latencies)
 
 
