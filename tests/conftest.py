@@ -80,7 +80,6 @@ def tiny_aligner_dir() -> Path:
     return _tiny_checkpoint("tiny-aligner", "--aligner")
 
 
-
 @pytest.fixture(scope="session")
 def hello_vllm_asr_dir() -> Path:
     """The hello design with head_dim 64 (what vLLM's CPU attention runs): ("English", "hello world")."""

@@ -16,21 +16,20 @@ import numpy as np
 from asr_server.config import Settings
 from asr_server.engines.aligner_text import aligner_prompt, split_words, timed_words
 from asr_server.engines.base import AlignedUnit, AlignItem
+from asr_server.engines.vllm_engine import AUDIO_TOKENS_PER_SECOND, engine_options
 from asr_server.media import SAMPLE_RATE
 
 ALIGNER_ARCHITECTURE = "Qwen3ASRForcedAlignerForTokenClassification"
 ALIGNER_MAX_AUDIO_SECONDS = 180  # the published aligner's input limit (qwen-asr's MAX_FORCE_ALIGN_INPUT_SECONDS)
-AUDIO_TOKENS_PER_SECOND = 13
 WORD_TOKEN_ALLOWANCE = 4096  # the words and their timestamp tokens
 
 
 class VllmAligner:
     """Start with `await start()` inside the engine's event loop; `align_one` runs there too."""
 
-    def __init__(self, settings: Settings, model_id: str, kv_cache_bytes: int | None) -> None:
+    def __init__(self, settings: Settings, model_id: str) -> None:
         self._settings = settings
         self.model_id = model_id
-        self._kv_cache_bytes = kv_cache_bytes
         self._llm: Any = None
         self._params: Any = None
         self._timestamp_id = -1
@@ -40,18 +39,12 @@ class VllmAligner:
     async def start(self) -> None:
         from vllm import AsyncEngineArgs, AsyncLLMEngine, PoolingParams
 
-        s = self._settings
         args = AsyncEngineArgs(
             model=self.model_id,
             runner="pooling",
             hf_overrides={"architectures": [ALIGNER_ARCHITECTURE]},
-            dtype=s.dtype,
-            gpu_memory_utilization=s.vllm_gpu_memory_utilization,
-            kv_cache_memory_bytes=self._kv_cache_bytes,
-            max_num_seqs=s.vllm_max_num_seqs,
-            enforce_eager=s.vllm_enforce_eager,
             max_model_len=ALIGNER_MAX_AUDIO_SECONDS * AUDIO_TOKENS_PER_SECOND + WORD_TOKEN_ALLOWANCE,
-            limit_mm_per_prompt={"audio": 1},
+            **engine_options(self._settings),
         )
         self._llm = AsyncLLMEngine.from_engine_args(args)
         config = self._llm.model_config.hf_config

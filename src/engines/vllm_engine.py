@@ -21,6 +21,7 @@ import asyncio
 import gc
 import inspect
 import itertools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -118,20 +119,15 @@ class VllmEngine(Engine):
         seconds = min(s.max_audio_seconds, MAX_PIECE_SECONDS)
         args = AsyncEngineArgs(
             model=self._model_id,
-            dtype=s.dtype,
-            gpu_memory_utilization=s.vllm_gpu_memory_utilization,
-            kv_cache_memory_bytes=kv_cache_bytes(s, on_cpu=_on_cpu()),
-            max_num_seqs=s.vllm_max_num_seqs,
-            enforce_eager=s.vllm_enforce_eager,
             max_model_len=int(seconds * AUDIO_TOKENS_PER_SECOND) + s.max_new_tokens + PROMPT_ALLOWANCE,
-            limit_mm_per_prompt={"audio": 1},
+            **engine_options(s),
         )
         llm = AsyncLLMEngine.from_engine_args(args)
         self._facts = _engine_facts(llm)
         if self._aligner_id is not None:
             from asr_server.engines.vllm_aligner import VllmAligner
 
-            aligner = VllmAligner(s, self._aligner_id, kv_cache_bytes(s, on_cpu=_on_cpu()))
+            aligner = VllmAligner(s, self._aligner_id)
             try:
                 await aligner.start()
             except Exception:
@@ -253,22 +249,24 @@ class VllmEngine(Engine):
         }
 
 
-def _on_cpu() -> bool:
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """The AsyncEngineArgs every engine of the service shares (the ASR model's and the aligner's). The KV cache:
+    VLLM_KV_CACHE_GIB, else 4 GiB on a CPU; on a GPU unset, so vLLM sizes it from the memory share."""
     from vllm.platforms import current_platform
 
-    return bool(current_platform.is_cpu())
-
-
-def kv_cache_bytes(settings: Settings, *, on_cpu: bool) -> int | None:
-    """VLLM_KV_CACHE_GIB in bytes; on a CPU 4 GiB when unset; None lets vLLM size it on a GPU."""
-    gib = settings.vllm_kv_cache_gib or (CPU_KV_CACHE_GIB if on_cpu else None)
-    return None if gib is None else int(gib * 2**30)
+    gib = settings.vllm_kv_cache_gib or (CPU_KV_CACHE_GIB if current_platform.is_cpu() else None)
+    return {
+        "dtype": settings.dtype,
+        "gpu_memory_utilization": settings.vllm_gpu_memory_utilization,
+        "kv_cache_memory_bytes": None if gib is None else int(gib * 2**30),
+        "max_num_seqs": settings.vllm_max_num_seqs,
+        "enforce_eager": settings.vllm_enforce_eager,
+        "limit_mm_per_prompt": {"audio": 1},
+    }
 
 
 def _engine_facts(llm: Any) -> dict[str, object]:
     """Device, dtype, threads and KV-cache size as the started vLLM engine has them."""
-    import os
-
     from vllm.platforms import current_platform
 
     facts: dict[str, object] = {"device": str(current_platform.device_type)}
