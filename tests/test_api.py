@@ -290,7 +290,7 @@ def test_openapi_shows_the_real_response_schemas(base_url: str) -> None:
     schema = httpx.get(f"{base_url}/openapi.json").json()
     components = schema["components"]["schemas"]
     for path, models in {
-        "/v1/audio/transcriptions": {"TranscriptionJSON", "TranscriptionVerboseJSON"},
+        "/v1/audio/transcriptions": {"TranscriptionJSON", "TranscriptionVerboseJSON", "TranscriptionDiarizedJSON"},
         "/translate": {"TranslationJSON", "TranslationVerboseJSON"},
     }.items():
         responses = schema["paths"][path]["post"]["responses"]

@@ -68,3 +68,15 @@ def test_align_chunk_seconds_follows_where_the_model_runs() -> None:
     assert Settings(device="cuda", align_chunk_seconds=90).resolved_align_chunk_seconds() == 90.0
     with pytest.raises(ValidationError):
         Settings(align_chunk_seconds=181)  # the aligner's own input limit
+
+
+def test_cpu_dtype_follows_the_cpus_bf16_instructions() -> None:
+    from asr_server.engines.hardware import cpu_dtype, cpu_flags
+
+    zen4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+    sapphire_rapids = "flags\t\t: avx2 avx512f amx_bf16 amx_tile\n"
+    older = "flags\t\t: fpu sse2 avx avx2 fma\n"
+    assert cpu_dtype(cpu_flags(zen4)) == "bfloat16"
+    assert cpu_dtype(cpu_flags(sapphire_rapids)) == "bfloat16"
+    assert cpu_dtype(cpu_flags(older)) == "float32"
+    assert cpu_dtype(cpu_flags("")) == "float32"

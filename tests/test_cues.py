@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 
 import srt
@@ -59,3 +60,14 @@ def test_vtt_round_trip_with_webvtt_py(cues: list[Cue]) -> None:
 def test_vtt_escapes_markup() -> None:
     cues = [Cue(1, 0.0, 1.0, "a < b > c & d --> e")]
     assert parse_vtt(to_vtt(cues))[0].text == "a < b > c & d --> e"
+
+
+def test_speakers_are_marked_where_they_change() -> None:
+    cues = [Cue(1, 0.0, 1.0, "Hello there.", "A"), Cue(2, 1.2, 2.0, "How are you?", "A"),
+            Cue(3, 2.5, 3.5, "Fine,\nthanks & you?", "B"), Cue(4, 4.0, 5.0, "Good.", "A")]  # fmt: skip
+    parsed = list(srt.parse(to_srt(cues)))
+    assert [c.content for c in parsed] == ["[A] Hello there.", "How are you?", "[B] Fine,\nthanks & you?", "[A] Good."]
+    captions = webvtt.from_buffer(io.StringIO(to_vtt(cues)))
+    assert [c.voice for c in captions] == ["A", "A", "B", "A"]
+    assert html.unescape(captions[2].text) == "Fine,\nthanks & you?"
+    assert to_srt([]) == "" and to_vtt([]) == "WEBVTT\n\n"

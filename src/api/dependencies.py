@@ -10,8 +10,10 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request
 
 from asr_server.config import Settings
+from asr_server.diarization.service import DiarizationService
 from asr_server.metrics import Metrics
 from asr_server.queue import PriorityInferQueue
+from asr_server.services.speakers import SpeakerPipeline
 from asr_server.services.subtitles import SubtitlePipeline
 from asr_server.services.transcription import TranscriptionService
 from asr_server.services.translation import TranslationService
@@ -31,6 +33,8 @@ class AppServices:
     subtitles: SubtitlePipeline
     translator: Translator
     translation: TranslationService
+    diarization: DiarizationService  # speaker turns and embeddings, on its own executor
+    speakers: SpeakerPipeline  # timed transcription with speakers (diarized_json, diarize=true)
     metrics: Metrics
     # Live streams: the concurrency limit and counters, shared by /ws/transcribe and /v1/realtime.
     streams: StreamRegistry = field(init=False)

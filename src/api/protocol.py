@@ -14,6 +14,7 @@ class ResponseFormat(str, Enum):
     verbose_json = "verbose_json"
     srt = "srt"
     vtt = "vtt"
+    diarized_json = "diarized_json"
 
 
 class TimestampGranularity(str, Enum):
@@ -78,12 +79,37 @@ class TranscriptionSegment(BaseModel):
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    speaker: str | None = Field(default=None, description="with diarize=true")
 
 
 class TranscriptionWord(BaseModel):
     word: str
     start: float
     end: float
+    speaker: str | None = Field(default=None, description="with diarize=true")
+
+
+class DiarizedSegment(BaseModel):
+    """OpenAI's `TranscriptionDiarizedSegment`: one speaker's stretch of speech. As a stream event (stream=true) it
+    is OpenAI's `TranscriptionTextSegmentEvent`, the same fields."""
+
+    type: Literal["transcript.text.segment"] = "transcript.text.segment"
+    id: str
+    start: float
+    end: float
+    text: str
+    speaker: str
+
+
+class TranscriptionDiarizedJSON(BaseModel):
+    """`response_format=diarized_json`: OpenAI's `TranscriptionDiarized`."""
+
+    task: Literal["transcribe"] = "transcribe"
+    duration: float
+    text: str
+    segments: list[DiarizedSegment]
+    usage: DurationUsage
+    warnings: list[str] | None = None
 
 
 class TranscriptionJSON(BaseModel):
@@ -178,8 +204,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {
-        "model": TranscriptionJSON | TranscriptionVerboseJSON,
-        "description": "json or verbose_json; text, srt and vtt as plain bodies; stream=true as Server-Sent Events",
+        "model": TranscriptionJSON | TranscriptionVerboseJSON | TranscriptionDiarizedJSON,
+        "description": "json, verbose_json or diarized_json; text, srt and vtt as plain bodies; stream=true as "
+        "Server-Sent Events",
         "content": {**_TEXT_BODIES, "text/event-stream": {"schema": {"type": "string"}}},
     },
     **{status: error for status, error in _ERRORS.items() if status != 502},

@@ -32,12 +32,7 @@ from asr_server.api.stream_connection import (
     echo,
     parse_json,
 )
-from asr_server.api.stream_sessions import (
-    accept,
-    reject_busy,
-    start_session,
-    stream_config,
-)
+from asr_server.api.stream_sessions import accept, reject_busy, speakers_from_query, start_session, stream_config
 from asr_server.errors import InvalidField
 from asr_server.media import SAMPLE_RATE
 from asr_server.media.audio import pcm16_to_float
@@ -78,11 +73,10 @@ from asr_server.streaming.realtime_protocol import (
     requested_changes,
     stable_prefix,
 )
-from asr_server.streaming.realtime_protocol import SessionEvent as SessionConfigEvent
+from asr_server.subtitle import WordTiming, words_payload
 from asr_server.text.languages import language_code, normalize_language
 
 router = APIRouter(tags=["streaming"])
-
 
 
 @router.websocket("/v1/realtime")
@@ -117,8 +111,9 @@ class _Realtime:
         self.conn = StreamConnection(websocket, settings)
         self.session: StreamSession | None = None
         self.forwarder: asyncio.Task[None] | None = None
+        self.speakers, self.problem = speakers_from_query(websocket, services)  # ?diarize=true: `speaker`
         # turn_detection null: the input buffer and the committed turns
-        self.turns = CommittedTurns(services, self.conn, self.turn_options, self.completed, self.failed)
+        self.turns = CommittedTurns(services, self.conn, self.turn_options, self.completed, self.failed, self.speakers)
         self.resampler: Any = None
         self.items: dict[int, str] = {}  # segment id → item id
         self.sent: dict[str, str] = {}  # item id → text already sent as deltas
@@ -131,6 +126,8 @@ class _Realtime:
     async def run(self) -> None:
         try:
             await self.send(self.session_event("created"))
+            if self.problem is not None:
+                await self.error(self.problem.code, self.problem.message, param=self.problem.param)
             while True:
                 message = await self.conn.get()
                 if message["type"] == "websocket.disconnect":
@@ -294,7 +291,7 @@ class _Realtime:
                 min_silence_ms=td.silence_duration_ms,
                 prefix_padding_ms=td.prefix_padding_ms,
             )
-            self.session = start_session(self.services, self.settings, config, self.lease)
+            self.session = start_session(self.services, self.settings, config, self.lease, speakers=self.speakers)
             self.forwarder = asyncio.create_task(self.forward(self.session))
         return self.session
 
@@ -337,7 +334,9 @@ class _Realtime:
             await self.delta(item, stable)
         elif isinstance(event, Final):
             item = self.items.pop(event.segment_id)
-            await self.completed(item, event.text, event.language, event.end - event.start)
+            await self.completed(
+                item, event.text, event.language, event.end - event.start, event.words or (), event.speaker
+            )
         elif isinstance(event, SessionError):
             item = self.items.pop(event.segment_id, None) if event.segment_id is not None else None
             self.forget(item)
@@ -345,9 +344,7 @@ class _Realtime:
 
     # --- server events ---------------------------------------------------------------------
     def session_event(self, what: str) -> BaseModel:
-        if self.beta:
-            return SessionConfigEvent(type=f"transcription_session.{what}", session=self.config.beta(self.defaults))
-        return SessionConfigEvent(type=f"session.{what}", session=self.config.ga(self.defaults))
+        return self.config.event(what, self.defaults, beta=self.beta)
 
     async def committed(self, item: str) -> None:
         previous, self.previous_item = self.previous_item, item
@@ -372,18 +369,19 @@ class _Realtime:
             self.sent.pop(item, None)
             self.partials.pop(item, None)
 
-    async def completed(self, item: str, text: str, language: str | None, seconds: float) -> None:
+    async def completed(
+        self,
+        item: str,
+        text: str,
+        language: str | None,
+        seconds: float,
+        words: tuple[WordTiming, ...] = (),
+        speaker: str | None = None,
+    ) -> None:
         await self.delta(item, text)
         self.forget(item)
-        code = language_code(language)
-        await self.send(
-            CompletedEvent(
-                item_id=item,
-                transcript=text,
-                usage={"type": "duration", "seconds": round(seconds, 3)},
-                languages=[{"code": code}] if code and not self.beta else None,
-            )
-        )
+        code = None if self.beta else language_code(language)
+        await self.send(CompletedEvent.of(item, text, seconds, code, words_payload(list(words)), speaker))
 
     async def failed(self, item: str | None, code: str, message: str) -> None:
         detail = ErrorDetail(type="server_error", code=code, message=message)

@@ -12,18 +12,20 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from loguru import logger
 
 from asr_server.api.dependencies import AppServices
 from asr_server.api.stream_connection import CLOSE_TRY_AGAIN, StreamClosing, StreamConnection
-from asr_server.api.stream_sessions import make_transcriber, make_vad
+from asr_server.api.stream_sessions import StreamSpeakers, make_transcriber, make_vad
 from asr_server.engines.base import MIN_AUDIO_SAMPLES  # OpenAI refuses to commit less than 100 ms
 from asr_server.errors import InvalidField, ServiceError
 from asr_server.media import SAMPLE_RATE
 from asr_server.media.vad import VAD
 from asr_server.streaming.committed import transcribe_committed
+from asr_server.subtitle import WordTiming
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,18 @@ class TurnOptions:
     threshold: float
 
 
-Completed = Callable[[str, str, str | None, float], Awaitable[None]]  # item, text, language, seconds
+class Completed(Protocol):
+    async def __call__(
+        self,
+        item: str,
+        text: str,
+        language: str | None,
+        seconds: float,
+        words: tuple[WordTiming, ...] = (),
+        speaker: str | None = None,
+    ) -> None: ...
+
+
 Failed = Callable[[str, str, str], Awaitable[None]]  # item, code, message
 
 
@@ -47,8 +60,9 @@ class CommittedTurns:
         options: Callable[[], TurnOptions],
         completed: Completed,
         failed: Failed,
+        speakers: StreamSpeakers | None = None,
     ) -> None:
-        self.services, self.conn, self._options = services, conn, options
+        self.services, self.conn, self._options, self.speakers = services, conn, options, speakers
         self._completed, self._failed = completed, failed
         self._limit = services.settings.stream_max_buffer_seconds * SAMPLE_RATE
         self._buffer: list[np.ndarray] = []  # audio since the last commit
@@ -134,7 +148,7 @@ class CommittedTurns:
                 options = self._options()
                 if self._vad is None:
                     self._vad = make_vad(settings)
-                text, language = await transcribe_committed(
+                turn = await transcribe_committed(
                     audio,
                     make_transcriber(self.services),
                     self._vad,
@@ -143,9 +157,11 @@ class CommittedTurns:
                     threshold=options.threshold,
                     max_utterance_s=settings.stream_max_utterance_seconds,
                     metrics=self.services.streams.metrics,
+                    speakers=self.speakers,
                 )
                 del audio  # not kept alive while the transcript is sent or the next commit awaited
-                await self._completed(item, text, language, samples / SAMPLE_RATE)
+                seconds = samples / SAMPLE_RATE
+                await self._completed(item, turn.text, turn.language, seconds, turn.words, turn.speaker)
             except ServiceError as exc:
                 await self._failed(item, exc.code, exc.message)
             except Exception:

@@ -27,7 +27,16 @@ from asr_server.api.stream_connection import (
     echo,
     parse_json,
 )
-from asr_server.api.stream_sessions import accept, reject_busy, start_session, stream_config
+from asr_server.api.stream_sessions import (
+    StreamSpeakers,
+    accept,
+    reject_busy,
+    speakers_from_query,
+    start_session,
+    stream_config,
+    stream_speakers,
+    word_timing,
+)
 from asr_server.errors import InvalidField
 from asr_server.media import SAMPLE_RATE
 from asr_server.media.audio import pcm16_to_float
@@ -38,18 +47,23 @@ from asr_server.streaming import (
     SessionEvent,
     StreamLease,
     StreamSession,
+    Words,
+    WordTimingMode,
 )
 from asr_server.streaming.protocol import (
     AudioFormat,
     ClientMessage,
     ErrorEvent,
+    Features,
     FinalEvent,
     FlushMessage,
     Limits,
     PartialEvent,
     ReadyEvent,
     StartMessage,
+    WordsEvent,
 )
+from asr_server.subtitle import words_payload
 from asr_server.text.languages import language_label, normalize_language
 
 router = APIRouter(tags=["streaming"])
@@ -83,12 +97,17 @@ class _TranscribeStream:
         self.conn = StreamConnection(websocket, services.settings)
         self.session: StreamSession | None = None
         self.start_message: StartMessage | None = None
+        self.timing: WordTimingMode | None = None  # None: the server's default
+        self.speakers: StreamSpeakers | None = None
         self.resampler: Any = None
         self._sender: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         try:
             await self.send(self.ready_event())
+            self.speakers, problem = speakers_from_query(self.ws, self.services)
+            if problem is not None:
+                await self.error(problem.code, problem.message)
             while True:
                 message = await self.conn.get()
                 if message["type"] == "websocket.disconnect":
@@ -121,6 +140,10 @@ class _TranscribeStream:
                 max_concurrent_streams=settings.stream_max_concurrent,
                 max_utterance_seconds=settings.stream_max_utterance_seconds,
                 partial_interval_ms=settings.stream_partial_interval_ms,
+            ),
+            features=Features(
+                word_timing="accurate" if self.services.subtitles.aligner_available else "fast",
+                diarization=self.services.diarization.available,
             ),
         )
 
@@ -193,6 +216,25 @@ class _TranscribeStream:
             await self.error("invalid_language", exc.message)
             return
         self.start_message = message
+        self.timing = None
+        if message.word_timing is not None:
+            try:
+                self.timing = word_timing(self.services, message.word_timing)
+            except InvalidField as exc:
+                self.timing = "fast"
+                await self.error(exc.code, exc.message)
+        if message.diarize is not None:
+            await self.set_speakers(message.diarize)
+
+    async def set_speakers(self, wanted: bool) -> None:
+        """Label the stream's voices or not; a server that cannot gets an error event, and no speakers."""
+        if not wanted:
+            self.speakers = None
+        elif self.speakers is None:
+            try:
+                self.speakers = stream_speakers(self.services)
+            except InvalidField as exc:
+                await self.error(exc.code, exc.message)
 
     def ensure_session(self) -> StreamSession:
         if self.session is None:
@@ -202,9 +244,12 @@ class _TranscribeStream:
 
                 self.resampler = soxr.ResampleStream(start.sample_rate, SAMPLE_RATE, 1, dtype="float32")
             config = stream_config(
-                self.settings, language=normalize_language(start.language), context=start.prompt or ""
+                self.settings,
+                language=normalize_language(start.language),
+                context=start.prompt or "",
+                words=self.timing or word_timing(self.services, None),
             )
-            self.session = start_session(self.services, self.settings, config, self.lease)
+            self.session = start_session(self.services, self.settings, config, self.lease, speakers=self.speakers)
             self._sender = asyncio.create_task(self._forward(self.session))
         return self.session
 
@@ -222,6 +267,9 @@ class _TranscribeStream:
                 session.events.task_done()
 
     async def send(self, event: BaseModel) -> None:
+        if isinstance(event, FinalEvent):
+            await self.conn.send_text(event.wire())
+            return
         await self.conn.send_text(event.model_dump_json(exclude_none=isinstance(event, ErrorEvent)))
 
     async def error(self, code: str, message: str) -> None:
@@ -251,7 +299,12 @@ def _to_wire(event: SessionEvent) -> BaseModel | None:
             language=language_label(event.language),
             start=round(event.start, 3),
             end=round(event.end, 3),
+            words=words_payload(list(event.words)) if event.words is not None else None,
+            speaker=event.speaker,
         )
+    if isinstance(event, Words):
+        timing = "accurate" if event.timing == "accurate" else "fast"
+        return WordsEvent(segment_id=event.segment_id, word_timing=timing, words=words_payload(list(event.words)))
     if isinstance(event, SessionError):
         return ErrorEvent(code=event.code, message=event.message, segment_id=event.segment_id)
     return None  # speech started/stopped: not part of this protocol

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -13,11 +13,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
 from asr_server.api.protocol import (
     TRANSCRIPTION_RESPONSES,
+    DiarizedSegment,
     DurationUsage,
     ResponseFormat,
     ServerVadChunking,
     TimestampGranularity,
     TokenLogprob,
+    TranscriptionDiarizedJSON,
     TranscriptionInclude,
     TranscriptionJSON,
     TranscriptionSegment,
@@ -25,6 +27,7 @@ from asr_server.api.protocol import (
     TranscriptionWord,
     json_body,
 )
+from asr_server.api.speaker_form import SpeakerForm, check_speaker_fields, speaker_options
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
     CueLayoutForm,
@@ -34,6 +37,7 @@ from asr_server.api.uploads import (
 from asr_server.errors import InvalidField, ServiceError
 from asr_server.media.audio import DecodedAudio
 from asr_server.services.segments import token_logprobs, verbose_segments
+from asr_server.services.speakers import speaker_segments
 from asr_server.services.subtitles import SubtitleMode, TimedTranscription
 from asr_server.services.transcription import TranscriptionResult
 from asr_server.streaming.protocol import MAX_PROMPT_CHARS
@@ -43,7 +47,9 @@ from asr_server.text.languages import language_code, language_label, normalize_l
 
 router = APIRouter(tags=["transcription"])
 
-TIMED_FORMATS = (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
+TIMED_FORMATS = (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json, ResponseFormat.diarized_json)
+# Formats that can carry speaker labels when diarize=true asks for them (diarized_json always has them).
+LABELLED_FORMATS = (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
 
 
 def duration_usage(seconds: float) -> DurationUsage:
@@ -127,14 +133,48 @@ def format_timed(
     return JSONResponse(json_body(body), headers=headers)
 
 
+def diarized_segments(result: TimedTranscription) -> list[DiarizedSegment]:
+    return [
+        DiarizedSegment(
+            id=f"seg_{index}", start=round(seg.start, 3), end=round(seg.end, 3), text=seg.text, speaker=seg.speaker
+        )
+        for index, seg in enumerate(speaker_segments(result.words))
+    ]
+
+
+def format_diarized(result: TimedTranscription, warning: str | None = None) -> Response:
+    body = TranscriptionDiarizedJSON(
+        duration=round(result.duration, 3),
+        text=result.text,
+        segments=diarized_segments(result),
+        usage=duration_usage(result.duration),
+        warnings=[warning] if warning else None,
+    )
+    return JSONResponse(json_body(body), headers={"X-Subtitle-Mode": result.mode.value})
+
+
+def sse_event(payload: dict[str, object]) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def sse_diarized(work: Awaitable[TimedTranscription]) -> AsyncIterator[bytes]:
+    """diarized_json with stream=true: a `transcript.text.segment` event per speaker segment, then
+    `transcript.text.done`. Speakers are clustered over the whole recording, so segments follow once it is done."""
+    try:
+        result = await work
+    except ServiceError as exc:
+        yield sse_event({"type": "error", **exc.envelope()})
+        return
+    for segment in diarized_segments(result):
+        yield sse_event(segment.model_dump(mode="json"))
+    yield sse_event({"type": "transcript.text.done", "text": result.text})
+
+
 async def sse_transcription(
     services: AppServices, audio: DecodedAudio, language: str | None, context: str, *, logprobs: bool = False
 ) -> AsyncIterator[bytes]:
     """OpenAI's streaming shape: `transcript.text.delta` per finished segment, then `transcript.text.done`;
     with `include[]=logprobs` each carries the log-probabilities of its tokens."""
-
-    def event(payload: dict[str, object]) -> bytes:
-        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
     text = ""
     scores: list[dict[str, object]] = []
@@ -146,11 +186,11 @@ async def sse_transcription(
                 piece = token_logprobs([delta.transcript])
                 payload["logprobs"] = piece
                 scores.extend(piece)
-            yield event(payload)
+            yield sse_event(payload)
     except ServiceError as exc:  # mid-stream: the status line is gone, so the error is an event
-        yield event({"type": "error", **exc.envelope()})
+        yield sse_event({"type": "error", **exc.envelope()})
         return
-    yield event({"type": "transcript.text.done", "text": text, **({"logprobs": scores} if logprobs else {})})
+    yield sse_event({"type": "transcript.text.done", "text": text, **({"logprobs": scores} if logprobs else {})})
 
 
 @router.post("/transcribe", summary="Transcribe an audio file", responses=TRANSCRIPTION_RESPONSES)
@@ -163,6 +203,7 @@ async def transcribe(
     request: Request,
     services: ServicesDep,
     layout: CueLayoutForm,
+    speakers: SpeakerForm,
     file: Annotated[UploadFile, File(description="Audio file: wav, flac, ogg, mp3, m4a, mp4, webm, ...")],
     model: Annotated[str | None, Form(description="Accepted for compatibility; the served model is used.")] = None,
     language: Annotated[str | None, Form(description="ISO-639-1 code ('en', 'zh') or name; empty = detect")] = None,
@@ -187,10 +228,19 @@ async def transcribe(
         SubtitleMode | None,
         Form(description="Timing for srt/vtt/verbose_json: accurate (forced aligner) or fast (heuristic)"),
     ] = None,
-    stream: Annotated[bool, Form(description="Server-Sent Events: a delta per finished segment (json/text)")] = False,
+    stream: Annotated[
+        bool,
+        Form(
+            description="Server-Sent Events: a delta per finished segment (json/text), speaker segments (diarized_json)"
+        ),
+    ] = False,
 ) -> Response:
-    if stream and response_format not in (ResponseFormat.json, ResponseFormat.text):
-        raise InvalidField("stream=true works with response_format json or text", param="stream")
+    if stream and response_format not in (ResponseFormat.json, ResponseFormat.text, ResponseFormat.diarized_json):
+        raise InvalidField("stream=true works with response_format json, text or diarized_json", param="stream")
+    labelled = response_format == ResponseFormat.diarized_json or (
+        speakers.diarize and response_format in LABELLED_FORMATS
+    )
+    check_speaker_fields(speakers, speakers_wanted=labelled, services=services)
     if timestamp_granularities and response_format != ResponseFormat.verbose_json:
         raise InvalidField(
             "timestamp_granularities[] needs response_format=verbose_json", param="timestamp_granularities"
@@ -205,6 +255,16 @@ async def transcribe(
         mode = resolve_mode(services, subtitle_mode)
         rules = layout.rules()
     audio = await decode_upload(file, services)
+    options = await speaker_options(speakers) if labelled else None
+    if stream and options is not None:
+        work = services.speakers.run(
+            audio, language=language_name, context=prompt or "", mode=mode, rules=rules, options=options
+        )
+        return StreamingResponse(
+            sse_diarized(work),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     if stream:
         return StreamingResponse(
             sse_transcription(services, audio, language_name, prompt or "", logprobs=logprobs),
@@ -218,10 +278,21 @@ async def transcribe(
         return format_plain(result, response_format, logprobs=logprobs, warning=audio.warning)
     granularities = timestamp_granularities or [TimestampGranularity.segment]
     measure_speech = response_format == ResponseFormat.verbose_json and TimestampGranularity.segment in granularities
-    timed_result = await cancel_on_disconnect(
-        request,
-        services.subtitles.run(
+    if options is not None:
+        work = services.speakers.run(
+            audio,
+            language=language_name,
+            context=prompt or "",
+            mode=mode,
+            rules=rules,
+            options=options,
+            measure_speech=measure_speech,
+        )
+    else:
+        work = services.subtitles.run(
             audio, language=language_name, context=prompt or "", mode=mode, rules=rules, measure_speech=measure_speech
-        ),
-    )
+        )
+    timed_result = await cancel_on_disconnect(request, work)
+    if response_format == ResponseFormat.diarized_json:
+        return format_diarized(timed_result, warning=audio.warning)
     return format_timed(timed_result, response_format, granularities, temperature, warning=audio.warning)

@@ -23,6 +23,7 @@ from asr_server.api.protocol import (
     TranslationVerboseJSON,
     json_body,
 )
+from asr_server.api.speaker_form import SpeakerFields, SpeakerForm, check_speaker_fields, speaker_options
 from asr_server.api.uploads import (
     SUBTITLE_MEDIA_TYPES,
     CueLayout,
@@ -65,25 +66,31 @@ async def _source_from_audio(
     timed: bool,
     mode: SubtitleMode | None,
     layout: CueLayout,
+    speakers: SpeakerFields | None,
 ) -> tuple[SourceDocument, SubtitleMode | None]:
     audio = await decode_upload(file, services)
+    options = await speaker_options(speakers) if speakers is not None else None
     if not timed:
         result = await cancel_on_disconnect(
             request, services.transcription.transcribe(audio, language=source_language, context=prompt)
         )
         return SourceDocument(result.text, None, language_code(result.language), result.duration), None
     resolved = resolve_mode(services, mode)
-    timed_result = await cancel_on_disconnect(
-        request,
-        services.subtitles.run(
+    if options is not None:  # the cues keep their speakers through translation
+        work = services.speakers.run(
             audio,
             language=source_language,
             context=prompt,
             mode=resolved,
             rules=layout.rules(),
+            options=options,
             measure_speech=True,
-        ),
-    )
+        )
+    else:
+        work = services.subtitles.run(
+            audio, language=source_language, context=prompt, mode=resolved, rules=layout.rules(), measure_speech=True
+        )
+    timed_result = await cancel_on_disconnect(request, work)
     document = SourceDocument(
         timed_result.text,
         timed_result.cues,
@@ -107,8 +114,14 @@ async def translate_upload(
     subtitle_mode: SubtitleMode | None,
     layout: CueLayout,
     temperature: float = 0.0,
+    speakers: SpeakerFields | None = None,
 ) -> Response:
     started = time.monotonic()
+    if response_format == ResponseFormat.diarized_json:
+        raise InvalidField(
+            "diarized_json is a transcription format; translate with diarize=true and verbose_json, srt or vtt",
+            param="response_format",
+        )
     try:
         target = normalize_target_language(target_language)
     except UnsupportedLanguageError as exc:
@@ -117,6 +130,11 @@ async def translate_upload(
     services.translation.check_available(language_code(source_name), target)
     timed = response_format in (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
     ext = file_extension(file.filename)
+    labelled = speakers is not None and speakers.diarize and timed and ext not in TEXT_EXTENSIONS
+    if speakers is not None:
+        if speakers.asked and ext in TEXT_EXTENSIONS:
+            raise InvalidField("diarize needs audio, not a text or subtitle file", param="diarize")
+        check_speaker_fields(speakers, speakers_wanted=labelled, services=services)
     mode_used: SubtitleMode | None = None
     if ext in TEXT_EXTENSIONS:
         data = await read_upload(file, services.settings.max_upload_bytes)
@@ -137,6 +155,7 @@ async def translate_upload(
             timed=timed,
             mode=subtitle_mode,
             layout=layout,
+            speakers=speakers if labelled else None,
         )
     deadline = max(1.0, services.settings.request_timeout - (time.monotonic() - started))
     outcome = await cancel_on_disconnect(request, services.translation.translate(document, target, deadline_s=deadline))
@@ -206,6 +225,7 @@ async def translate(
     request: Request,
     services: ServicesDep,
     layout: CueLayoutForm,
+    speakers: SpeakerForm,
     file: Annotated[UploadFile, File(description="Audio, or an .srt, .vtt or .txt file")],
     target_language: Annotated[str, Form(description="en | zh (also English, Chinese, zh-CN)")] = "en",
     source_language: Annotated[str | None, Form(description="Source language; empty = detect")] = None,
@@ -223,6 +243,7 @@ async def translate(
         prompt=prompt,
         subtitle_mode=subtitle_mode,
         layout=layout,
+        speakers=speakers,
     )
 
 

@@ -6,6 +6,7 @@ Engines are synchronous and not thread-safe; the worker calls them from one dedi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,10 @@ class AlignedUnit:
     end: float
 
 
+# Asked from the engine thread while a batch runs: has the client of item i gone (its result will be dropped)?
+Abandoned = Callable[[int], bool]
+
+
 class Engine(ABC):
     """A loaded-on-demand speech model. `load` may be slow and may raise; `unload` frees memory."""
 
@@ -113,6 +118,12 @@ class Engine(ABC):
     @abstractmethod
     def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
         """Transcribe a batch; one result per item, in order."""
+
+    def transcribe_abandonable(self, items: list[TranscribeItem], abandoned: Abandoned) -> list[Transcript]:
+        """`transcribe`, where an engine that can stop one request of a running batch (vLLM aborts it) stops
+        item i once `abandoned(i)` is true (its client left); that item's result is then dropped. Engines that
+        run a batch as one tensor computation cannot, and finish it."""
+        return self.transcribe(items)
 
     @property
     def supports_alignment(self) -> bool:

@@ -22,7 +22,13 @@ from loguru import logger
 from asr_server.config import Settings
 from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
 from asr_server.engines.fpenv import reset_floating_point_env
-from asr_server.engines.hardware import cap_gpu_memory, install_memory_plan, physical_cores, plan_gpu_memory
+from asr_server.engines.hardware import (
+    cap_gpu_memory,
+    cpu_dtype,
+    install_memory_plan,
+    physical_cores,
+    plan_gpu_memory,
+)
 from asr_server.engines.quantization import load_dtype, quantize_model
 from asr_server.engines.weights import resolve_weights
 from asr_server.errors import EngineUnavailable
@@ -72,7 +78,9 @@ class TransformersEngine(Engine):
             raise EngineUnavailable(f"DEVICE={device} but no CUDA device is available", code="no_gpu")
         dtype_name = self._settings.dtype
         if dtype_name == "auto":
-            dtype_name = "bfloat16" if device.startswith("cuda") else "float32"
+            # int8 on a CPU quantizes a float32 model (see quantization.py).
+            on_cpu = "float32" if self._settings.quantize == "int8" else cpu_dtype()
+            dtype_name = "bfloat16" if device.startswith("cuda") else on_cpu
         if device == "cpu":
             # One thread per physical core: torch's default counts hyper-threads and ignores container quotas.
             torch.set_num_threads(self._settings.cpu_threads or physical_cores())

@@ -18,6 +18,7 @@ gets it). vllm is imported in `load()` only.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import inspect
 import itertools
@@ -30,12 +31,14 @@ import numpy as np
 from loguru import logger
 
 from asr_server.config import Settings
-from asr_server.engines.base import AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.base import Abandoned, AlignedUnit, AlignItem, Engine, TranscribeItem, Transcript
+from asr_server.engines.quantization import vllm_quantization
 from asr_server.engines.token_text import GeneratedRow, TokenText
 from asr_server.errors import EngineUnavailable
 from asr_server.media import SAMPLE_RATE
 
 MAX_PIECE_SECONDS = 1200  # qwen-asr's MAX_ASR_INPUT_SECONDS: longer audio is transcribed in pieces
+ABANDON_POLL_S = 0.1  # how often a running batch checks for clients that left
 AUDIO_TOKENS_PER_SECOND = 13  # 100 mel frames -> 13 encoder outputs
 PROMPT_ALLOWANCE = 1024  # chat template plus context text, in tokens
 CPU_KV_CACHE_GIB = 4.0  # VLLM_KV_CACHE_GIB's default on a CPU
@@ -94,9 +97,7 @@ class VllmEngine(Engine):
         thread = threading.Thread(target=loop.run_forever, name="vllm-loop", daemon=True)
         thread.start()
         try:
-            self._llm, self._sampling, self._token_text = asyncio.run_coroutine_threadsafe(
-                self._start(), loop
-            ).result()
+            self._llm, self._sampling, self._token_text = asyncio.run_coroutine_threadsafe(self._start(), loop).result()
         except Exception as exc:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10)
@@ -120,6 +121,7 @@ class VllmEngine(Engine):
         args = AsyncEngineArgs(
             model=self._model_id,
             max_model_len=int(seconds * AUDIO_TOKENS_PER_SECOND) + s.max_new_tokens + PROMPT_ALLOWANCE,
+            quantization=vllm_quantization(s),
             **engine_options(s),
         )
         llm = AsyncLLMEngine.from_engine_args(args)
@@ -162,6 +164,9 @@ class VllmEngine(Engine):
     def transcribe(self, items: list[TranscribeItem]) -> list[Transcript]:
         return self._run_all([self._transcribe_one(item) for item in items])
 
+    def transcribe_abandonable(self, items: list[TranscribeItem], abandoned: Abandoned) -> list[Transcript]:
+        return self._run_all([self._transcribe_one(item) for item in items], abandoned)
+
     @property
     def supports_alignment(self) -> bool:
         return self._aligner_id is not None
@@ -174,8 +179,9 @@ class VllmEngine(Engine):
             )
         return self._run_all([aligner.align_one(item) for item in items])
 
-    def _run_all(self, coroutines: list[Any]) -> list[Any]:
-        """Run the coroutines on vLLM's loop at once (they join its running batch) and wait for all."""
+    def _run_all(self, coroutines: list[Any], abandoned: Abandoned | None = None) -> list[Any]:
+        """Run the coroutines on vLLM's loop at once (they join its running batch) and wait for all. A request
+        whose client left (`abandoned(i)`) is cancelled, which makes vLLM abort it and free its batch slot."""
         loop = self._loop
         if self._llm is None or loop is None:
             for coroutine in coroutines:
@@ -183,7 +189,7 @@ class VllmEngine(Engine):
             raise EngineUnavailable("the model is not loaded")
         futures = [asyncio.run_coroutine_threadsafe(coroutine, loop) for coroutine in coroutines]
         try:
-            return [future.result() for future in futures]
+            return self._results(futures, abandoned)
         except BaseException as exc:
             for future in futures:
                 future.cancel()  # vLLM aborts the cancelled requests
@@ -196,6 +202,21 @@ class VllmEngine(Engine):
                     "vLLM's engine core stopped; the engine restarts for the next request", code="engine_died"
                 ) from exc
             raise
+
+    @staticmethod
+    def _results(futures: list[concurrent.futures.Future[Any]], abandoned: Abandoned | None) -> list[Any]:
+        pending = set(range(len(futures)))
+        dropped: set[int] = set()
+        while pending:
+            if abandoned is not None:
+                for i in [i for i in pending if abandoned(i)]:
+                    futures[i].cancel()
+                    dropped.add(i)
+                    pending.discard(i)
+            concurrent.futures.wait([futures[i] for i in pending], timeout=ABANDON_POLL_S if abandoned else None)
+            pending -= {i for i in pending if futures[i].done()}
+        # A dropped item's result is never read (the worker skips answered jobs): an empty stand-in keeps the order.
+        return [Transcript(text="", language="") if i in dropped else f.result() for i, f in enumerate(futures)]
 
     def _engine_died(self, exc: BaseException) -> bool:
         aligner_dead = self._aligner is not None and self._aligner.errored

@@ -121,6 +121,7 @@ def verbose_segments(
                 "avg_logprob": sum(scores) / len(scores) if scores else 0.0,
                 "compression_ratio": compression_ratio(segment["text"]),
                 "no_speech_prob": no_speech_probability(frames, start, end),
+                **({"speaker": segment["speaker"]} if "speaker" in segment else {}),
             }
         )
     return segments

@@ -161,6 +161,21 @@ class SubtitlePipeline:
             speech_frames=[frames for _, _, frames in timed if frames is not None],
         )
 
+    async def aligned_words(
+        self, samples: np.ndarray, text: str, language: str | None, *, offset: float, priority: int
+    ) -> list[WordTiming]:
+        """The forced aligner's timing of `text` spoken in `samples`, through the queue (times + `offset`), with
+        the transcript's punctuation restored. Raises ServiceError when it fails or times nothing."""
+        units: list[AlignedUnit] = await self._service.submit(
+            JobKind.align,
+            AlignItem(audio=samples, text=text, language=language or FALLBACK_ALIGN_LANGUAGE),
+            priority=priority,
+        )
+        words = _aligned_words(units, text, offset)
+        if not words:
+            raise ServiceError("the aligner returned no items")
+        return words
+
     async def _time_chunk(
         self,
         index: int,
@@ -180,14 +195,7 @@ class SubtitlePipeline:
             probabilities = await asyncio.to_thread(_speech_probabilities, samples)
         if text and mode == SubtitleMode.accurate:
             try:
-                units: list[AlignedUnit] = await self._service.submit(
-                    JobKind.align,
-                    AlignItem(audio=samples, text=text, language=language or FALLBACK_ALIGN_LANGUAGE),
-                    priority=priority,
-                )
-                words = _aligned_words(units, text, offset)
-                if not words:
-                    raise ServiceError("the aligner returned no items")
+                words = await self.aligned_words(samples, text, language, offset=offset, priority=priority)
             except ServiceError as exc:
                 logger.warning("aligner failed on chunk {} ({}); using fast timing for it", index, exc.message)
                 used = SubtitleMode.fast

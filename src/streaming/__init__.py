@@ -2,10 +2,19 @@
 the WebSocket routes in `api/` adapt it to their protocols.
 """
 
-from asr_server.streaming.events import Final, Partial, SessionError, SessionEvent, SpeechStarted, SpeechStopped
+from asr_server.streaming.events import (
+    Final,
+    Partial,
+    SessionError,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+    Words,
+)
 from asr_server.streaming.metrics import StreamLease, StreamMetrics
 from asr_server.streaming.segmenter import SegmenterConfig
 from asr_server.streaming.session import StreamConfig, StreamSession, TranscribeFn
+from asr_server.streaming.words import SpeakerLabels, WordAligner, WordTimingMode
 
 __all__ = [
     "Final",
@@ -13,6 +22,7 @@ __all__ = [
     "SegmenterConfig",
     "SessionError",
     "SessionEvent",
+    "SpeakerLabels",
     "SpeechStarted",
     "SpeechStopped",
     "StreamConfig",
@@ -20,4 +30,7 @@ __all__ = [
     "StreamMetrics",
     "StreamSession",
     "TranscribeFn",
+    "WordAligner",
+    "WordTimingMode",
+    "Words",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from asr_server.streaming.segmenter import CloseReason
+from asr_server.subtitle import WordTiming
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,18 @@ class Final:
     start: float
     end: float
     delay: float  # seconds from the arrival of the utterance's last speech to this result
+    words: tuple[WordTiming, ...] | None = None  # fast timing, on the stream's clock; None: timing "none"
+    speaker: str | None = None  # the stream's label of the voice ("A"), when speakers were asked for
+
+
+@dataclass(frozen=True)
+class Words:
+    """The forced aligner's words of final `segment_id`, which replace the final's (fast) ones; `timing` is
+    "fast" when the aligner failed on it (the words are then the final's own)."""
+
+    segment_id: int
+    words: tuple[WordTiming, ...]
+    timing: str
 
 
 @dataclass(frozen=True)
@@ -50,4 +63,4 @@ class SessionError:
     fatal: bool = False
 
 
-SessionEvent = SpeechStarted | SpeechStopped | Partial | Final | SessionError
+SessionEvent = SpeechStarted | SpeechStopped | Partial | Final | Words | SessionError

@@ -25,6 +25,7 @@ class StreamMetrics:
     audio_seconds: float = 0.0  # stream audio received
     partial_decoded_seconds: float = 0.0  # audio sent to the model for partials
     final_decoded_seconds: float = 0.0  # audio sent to the model for finals
+    aligned_seconds: float = 0.0  # audio sent to the forced aligner for finals' words
     partials_emitted: int = 0
     partials_dropped: int = 0  # stale (superseded or outrun by the final) or failed
     finals_emitted: int = 0
@@ -37,6 +38,23 @@ class StreamMetrics:
         self.finals_emitted += 1
         self.recent_final_delays.append(delay)
         self.max_lag_seconds = max(self.max_lag_seconds, lag)
+
+    @property
+    def decoded_seconds(self) -> float:
+        return self.partial_decoded_seconds + self.final_decoded_seconds
+
+
+@dataclass
+class SessionStats:
+    """One session's own counters."""
+
+    audio_seconds: float = 0.0
+    partial_decoded_seconds: float = 0.0
+    final_decoded_seconds: float = 0.0
+    partials: int = 0
+    partials_dropped: int = 0
+    finals: int = 0
+    final_ranges: list[tuple[int, int]] = field(default_factory=list)  # decoded final sample ranges
 
     @property
     def decoded_seconds(self) -> float:
@@ -97,6 +115,7 @@ class StreamRegistry:
             "stream_decoded_seconds_total": m.decoded_seconds,
             "stream_partial_decoded_seconds_total": m.partial_decoded_seconds,
             "stream_final_decoded_seconds_total": m.final_decoded_seconds,
+            "stream_aligned_seconds_total": m.aligned_seconds,
             "stream_decode_ratio": m.decoded_seconds / m.audio_seconds if m.audio_seconds else 0.0,
             "stream_partials_total": float(m.partials_emitted),
             "stream_partials_dropped_total": float(m.partials_dropped),

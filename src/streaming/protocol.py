@@ -12,12 +12,16 @@ MAX_PROMPT_CHARS = 10_000
 
 # --- client → server ---------------------------------------------------------------------------
 class StartMessage(BaseModel):
-    """Optional first message: language (ISO code or name), context prompt, PCM sample rate."""
+    """Optional first message: language (ISO code or name), context prompt, PCM sample rate, word timing
+    (default: accurate when the server has a forced aligner) and speakers (default: the `diarize` query
+    parameter)."""
 
     type: Literal["start"]
     language: str | None = None
     prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
     sample_rate: Literal[8000, 16000, 24000, 48000] = 16000
+    word_timing: Literal["accurate", "fast", "none"] | None = None
+    diarize: bool | None = None
 
 
 class FlushMessage(BaseModel):
@@ -49,11 +53,19 @@ class Limits(BaseModel):
     partial_interval_ms: float
 
 
+class Features(BaseModel):
+    """What this server adds to finals: the default word timing, and whether `diarize` can be asked."""
+
+    word_timing: Literal["accurate", "fast"]
+    diarization: bool
+
+
 class ReadyEvent(BaseModel):
     type: Literal["ready"] = "ready"
     session_id: str
     audio: AudioFormat
     limits: Limits
+    features: Features
 
 
 class PartialEvent(BaseModel):
@@ -66,8 +78,18 @@ class PartialEvent(BaseModel):
     end: float
 
 
+class Word(BaseModel):
+    """One timed word (a CJK character), seconds on the stream's clock: OpenAI verbose_json's word shape."""
+
+    word: str
+    start: float
+    end: float
+
+
 class FinalEvent(BaseModel):
-    """Committed text of one utterance; never changes. `language` as the HTTP API names it ("english")."""
+    """Committed text of one utterance; never changes. `language` as the HTTP API names it ("english").
+    `words` (fast timing; absent with word_timing "none") cover the text in order within [start, end];
+    `speaker` is there when the stream asked for speakers and the utterance's voice could be labelled."""
 
     type: Literal["final"] = "final"
     segment_id: int
@@ -75,6 +97,22 @@ class FinalEvent(BaseModel):
     language: str | None
     start: float
     end: float
+    words: list[Word] | None = None
+    speaker: str | None = None
+
+    def wire(self) -> str:
+        absent = {name for name in ("words", "speaker") if getattr(self, name) is None}
+        return self.model_dump_json(exclude=absent)
+
+
+class WordsEvent(BaseModel):
+    """With word_timing "accurate", after each final with words: the forced aligner's words, which replace
+    the final's. `word_timing` is "fast" when the aligner failed on this utterance (the final's words stand)."""
+
+    type: Literal["words"] = "words"
+    segment_id: int
+    word_timing: Literal["accurate", "fast"]
+    words: list[Word]
 
 
 class ErrorEvent(BaseModel):

@@ -185,6 +185,12 @@ class SessionSettings:
             "include": [],
         }
 
+    def event(self, what: str, defaults: TurnDetection, *, beta: bool) -> SessionEvent:
+        """`session.created/updated` (GA) or `transcription_session.created/updated` (beta)."""
+        if beta:
+            return SessionEvent(type=f"transcription_session.{what}", session=self.beta(defaults))
+        return SessionEvent(type=f"session.{what}", session=self.ga(defaults))
+
     def beta(self, defaults: TurnDetection) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -271,6 +277,21 @@ class CompletedEvent(ServerEvent):
     transcript: str
     usage: dict[str, Any]
     languages: list[dict[str, str]] | None = None
+    # This server's own, beside OpenAI's fields (its SDKs keep unknown fields and ignore them): the transcript's
+    # words [{"word", "start", "end"}] and, on a `?diarize=true` connection, the voice's label ("A").
+    words: list[dict[str, Any]] | None = None
+    speaker: str | None = None
+
+    @classmethod
+    def of(
+        cls, item_id: str, text: str, seconds: float, code: str | None, words: list[dict[str, Any]], speaker: str | None
+    ) -> CompletedEvent:
+        """A turn's transcript: `code` the language's ISO code (None: no `languages`), `words` [] for none."""
+        languages = [{"code": code}] if code else None
+        usage = {"type": "duration", "seconds": round(seconds, 3)}
+        return cls(
+            item_id=item_id, transcript=text, usage=usage, languages=languages, words=words or None, speaker=speaker
+        )
 
 
 class ErrorDetail(BaseModel):

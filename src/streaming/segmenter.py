@@ -62,6 +62,9 @@ class Utterance:
     audio: np.ndarray = field(repr=False)
     reason: CloseReason
     speech_end_wall: float  # clock time the last speech frame of it arrived
+    # Each frame's first sample (from `start`) and its speech probability: where the speech lies inside.
+    frame_offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
 
 
 @dataclass
@@ -71,6 +74,7 @@ class _Open:
     frames: list[np.ndarray]
     frame_starts: list[int]
     levels_db: list[float]
+    probabilities: list[float]
     speech_samples: int = 0
     silence_samples: int = 0
     last_speech_end: int = 0
@@ -96,7 +100,7 @@ class Segmenter:
         self._prefix = round(self.config.prefix_padding_s * sr)
         self._max_len = round(self.config.max_utterance_s * sr)
         self._neg_threshold = max(self.config.threshold - 0.15, 0.01)
-        self._ring: deque[tuple[int, np.ndarray]] = deque()  # recent frames, for the prefix padding
+        self._ring: deque[tuple[int, np.ndarray, float]] = deque()  # recent frames, for the prefix padding
         self._open: _Open | None = None
         self._next_id = 0
         self.position = 0  # samples seen so far
@@ -136,14 +140,15 @@ class Segmenter:
         utt = self._open
         if utt is None:
             if probability >= self.config.threshold:
-                utt = self._open = self._begin(frame, start)
+                utt = self._open = self._begin(frame, start, probability)
                 self._count_speech(utt, frame, wall, events)
             else:
-                self._remember(start, frame)
+                self._remember(start, frame, probability)
             return events
         utt.frames.append(frame)
         utt.frame_starts.append(start)
         utt.levels_db.append(_level_db(frame))
+        utt.probabilities.append(probability)
         if probability >= self.config.threshold:
             utt.silence_samples = 0
             self._count_speech(utt, frame, wall, events)
@@ -173,17 +178,18 @@ class Segmenter:
         self._ring.clear()
 
     # --- internals -----------------------------------------------------------------------
-    def _remember(self, start: int, frame: np.ndarray) -> None:
-        self._ring.append((start, frame))
+    def _remember(self, start: int, frame: np.ndarray, probability: float) -> None:
+        self._ring.append((start, frame, probability))
         while self._ring and self._ring[0][0] + len(self._ring[0][1]) <= start + frame.size - self._prefix:
             self._ring.popleft()
 
-    def _begin(self, frame: np.ndarray, start: int) -> _Open:
-        prefix = [(s, f) for s, f in self._ring if s >= self.committed_until and s >= start - self._prefix]
+    def _begin(self, frame: np.ndarray, start: int, probability: float) -> _Open:
+        prefix = [(s, f, p) for s, f, p in self._ring if s >= self.committed_until and s >= start - self._prefix]
         self._ring.clear()
-        frames = [f for _, f in prefix] + [frame]
-        starts = [s for s, _ in prefix] + [start]
-        utt = _Open(self._next_id, starts[0], frames, starts, [_level_db(f) for f in frames])
+        frames = [f for _, f, _ in prefix] + [frame]
+        starts = [s for s, _, _ in prefix] + [start]
+        probabilities = [p for _, _, p in prefix] + [probability]
+        utt = _Open(self._next_id, starts[0], frames, starts, [_level_db(f) for f in frames], probabilities)
         self._next_id += 1
         return utt
 
@@ -200,18 +206,28 @@ class Segmenter:
         self._open = None
         self._ring.clear()
         keep: list[np.ndarray] = []
-        for start, frame in zip(utt.frame_starts, utt.frames, strict=True):
+        for start, frame, probability in zip(utt.frame_starts, utt.frames, utt.probabilities, strict=True):
             if start + frame.size <= end:
                 keep.append(frame)
             elif start < end:
                 keep.append(frame[: end - start])
-                self._remember(end, frame[end - start :])
+                self._remember(end, frame[end - start :], probability)
             else:
-                self._remember(start, frame)
+                self._remember(start, frame, probability)
         if not utt.confirmed or end <= utt.start:
             return None
         self.committed_until = end
-        return Utterance(utt.segment_id, utt.start, end, np.concatenate(keep), reason, utt.speech_end_wall)
+        kept = len(keep)
+        return Utterance(
+            utt.segment_id,
+            utt.start,
+            end,
+            np.concatenate(keep),
+            reason,
+            utt.speech_end_wall,
+            np.asarray(utt.frame_starts[:kept], np.int64) - utt.start,
+            np.asarray(utt.probabilities[:kept], np.float32),
+        )
 
     def _cut(self, utt: _Open, wall: float) -> list[Started | Utterance]:
         """The utterance reached its maximum length: finalise up to its quietest point, keep the rest open."""
@@ -224,7 +240,14 @@ class Segmenter:
         k = count - 1 - int(np.argmin(smooth[lo:][::-1]))
         cut = utt.frame_starts[k]
         closed = Utterance(
-            utt.segment_id, utt.start, cut, np.concatenate(utt.frames[:k]), "max_length", utt.speech_end_wall
+            utt.segment_id,
+            utt.start,
+            cut,
+            np.concatenate(utt.frames[:k]),
+            "max_length",
+            utt.speech_end_wall,
+            np.asarray(utt.frame_starts[:k], np.int64) - utt.start,
+            np.asarray(utt.probabilities[:k], np.float32),
         )
         self.committed_until = cut
         rest = _Open(
@@ -233,6 +256,7 @@ class Segmenter:
             utt.frames[k:],
             utt.frame_starts[k:],
             utt.levels_db[k:],
+            utt.probabilities[k:],
             speech_samples=utt.speech_samples,
             silence_samples=utt.silence_samples,
             last_speech_end=max(utt.last_speech_end, cut),

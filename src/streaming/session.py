@@ -12,7 +12,12 @@
   still running when its utterance closes is cancelled (the final supersedes it). No partial is
   started while any stream sharing the metrics has a final waiting, or during a pause, and after
   each partial a stream waits as long as its round trip took: a busy engine gets fewer partials.
-- The model is reached only through the injected `transcribe(samples, language, context)` callable.
+- Finals carry words timed from the utterance's VAD frames (no model call) and, when asked, a speaker label
+  (its embedding runs beside the final's decode). With accurate timing a `Words` event from the aligner
+  follows each final; alignments run after the waiting finals, before partials: a final never waits for one
+  (but for an alignment already running).
+- The model is reached only through the injected `transcribe(samples, language, context)` callable, the
+  aligner through `WordAligner`, speaker embeddings through `SpeakerLabels`.
 """
 
 from __future__ import annotations
@@ -30,9 +35,18 @@ from loguru import logger
 from asr_server.errors import QueueFull, ServiceError
 from asr_server.media import SAMPLE_RATE
 from asr_server.media.vad import VAD
-from asr_server.streaming.events import Final, Partial, SessionError, SessionEvent, SpeechStarted, SpeechStopped
-from asr_server.streaming.metrics import StreamMetrics
+from asr_server.streaming.events import Final, Partial, SessionError, SessionEvent, SpeechStarted, SpeechStopped, Words
+from asr_server.streaming.metrics import SessionStats, StreamMetrics
 from asr_server.streaming.segmenter import FRAME_SAMPLES, Segmenter, SegmenterConfig, Started, Utterance
+from asr_server.streaming.words import (
+    PendingWords,
+    SpeakerLabels,
+    WordAligner,
+    WordTimingMode,
+    aligned_words,
+    fast_words,
+    speaker_of,
+)
 
 TranscribeFn = Callable[[np.ndarray, str | None, str], Awaitable[tuple[str, str | None]]]
 
@@ -46,21 +60,9 @@ class StreamConfig:
     partial_interval_s: float = 1.0  # least new audio between two partials of one utterance
     partial_budget: float = 1.5  # partial decode seconds allowed per stream second
     final_retry_s: float = 30.0  # how long a final is retried while the queue is full
-
-
-@dataclass
-class SessionStats:
-    audio_seconds: float = 0.0
-    partial_decoded_seconds: float = 0.0
-    final_decoded_seconds: float = 0.0
-    partials: int = 0
-    partials_dropped: int = 0
-    finals: int = 0
-    final_ranges: list[tuple[int, int]] = field(default_factory=list)  # decoded final sample ranges
-
-    @property
-    def decoded_seconds(self) -> float:
-        return self.partial_decoded_seconds + self.final_decoded_seconds
+    # Finals' words: "fast" (from the VAD frames), "accurate" (fast, then a Words event from the aligner when
+    # one is there), "none" (no words).
+    word_timing: WordTimingMode = "fast"
 
 
 @dataclass
@@ -79,9 +81,14 @@ class StreamSession:
         metrics: StreamMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         vad_in_thread: bool = True,
+        aligner: WordAligner | None = None,
+        speakers: SpeakerLabels | None = None,
     ) -> None:
         self.config = config or StreamConfig()
         self._transcribe = transcribe
+        self._aligner = aligner
+        self._speakers = speakers
+        self._aligns: deque[PendingWords] = deque()  # finals out, their aligned words still to come
         self._vad = vad
         self._vad_in_thread = vad_in_thread
         self._clock = clock
@@ -128,6 +135,7 @@ class StreamSession:
             elif isinstance(item, _PendingFinal):
                 self._metrics.finals_pending -= 1
         self._finals.clear()
+        self._aligns.clear()
         self._pending_samples = 0
         self._vad.reset()
 
@@ -151,7 +159,7 @@ class StreamSession:
             self._on_segment_events([utterance])
 
     async def finish(self) -> None:
-        """Flush, then wait until every final has been decoded and emitted."""
+        """Flush, then wait until every final (and its aligned words) has been decoded and emitted."""
         await self.flush()
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._finals.append(marker)
@@ -168,7 +176,7 @@ class StreamSession:
     # --- state ---------------------------------------------------------------------------
     @property
     def buffered_seconds(self) -> float:
-        """Audio held but not yet finalised: pending finals plus the open utterance."""
+        """Audio held but not yet done with: pending finals and alignments plus the open utterance."""
         return (self._pending_samples + self._segmenter.open_samples) / SAMPLE_RATE
 
     @property
@@ -268,15 +276,19 @@ class StreamSession:
             await self._wake.wait()
             self._wake.clear()
             while True:
-                if self._finals:
-                    item = self._finals[0]
-                    if isinstance(item, _PendingFinal):
-                        await self._finalise(item)
-                        self._pending_samples -= item.utterance.audio.size
-                        self._metrics.finals_pending -= 1
-                        self._progress.set()
-                    elif not item.done():
-                        item.set_result(None)
+                head = self._finals[0] if self._finals else None
+                if isinstance(head, _PendingFinal):
+                    await self._finalise(head)
+                    self._pending_samples -= head.utterance.audio.size
+                    self._metrics.finals_pending -= 1
+                    self._progress.set()
+                    self._finals.popleft()
+                elif self._aligns:  # after the waiting finals, before a `finish` marker: stop waits for words
+                    await self._align(self._aligns[0])
+                    self._aligns.popleft()
+                elif head is not None:
+                    if not head.done():
+                        head.set_result(None)
                     self._finals.popleft()
                 elif self._partial_due:
                     self._partial_due = False
@@ -329,38 +341,61 @@ class StreamSession:
         self.stats.final_decoded_seconds += seconds
         self.stats.final_ranges.append((utterance.start, utterance.end))
         self._metrics.final_decoded_seconds += seconds
-        deadline = self._clock() + self.config.final_retry_s
-        while True:
-            try:
-                text, language = await self._transcribe(utterance.audio, self.config.language, self.config.context)
-                break
-            except QueueFull as exc:
-                # Finals are never dropped for a momentary overload: wait for room and try again.
-                if self._clock() >= deadline:
-                    self._error(exc.code, exc.message, utterance.segment_id)
-                    return
-                await asyncio.sleep(0.2)
-            except ServiceError as exc:
-                self._error(exc.code, exc.message, utterance.segment_id)
-                return
-            except Exception:
-                logger.exception("stream final transcription failed")
-                self._error("internal_error", "transcription failed", utterance.segment_id)
-                return
+        speakers = self._speakers
+        embedding = asyncio.ensure_future(speakers.embed(utterance.audio)) if speakers is not None else None
+        decoded = None
+        try:
+            decoded = await self._final_text(utterance)
+        finally:
+            if decoded is None and embedding is not None:
+                embedding.cancel()
+        if decoded is None:
+            return
+        text, language = decoded[0].strip(), decoded[1] or self.config.language
+        timing = self.config.word_timing
+        words = None if timing == "none" else tuple(fast_words(utterance, text, self.config.segmenter.threshold))
+        speaker = None if speakers is None or embedding is None else await speaker_of(speakers, embedding, text)
         now = self._clock()
         delay = max(0.0, now - utterance.speech_end_wall)
         self.stats.finals += 1
         self._metrics.record_final(delay, now - pending.queued_at)
-        self.events.put_nowait(
-            Final(
-                utterance.segment_id,
-                text.strip(),
-                language or self.config.language,
-                utterance.start / SAMPLE_RATE,
-                utterance.end / SAMPLE_RATE,
-                delay,
-            )
-        )
+        start, end = utterance.start / SAMPLE_RATE, utterance.end / SAMPLE_RATE
+        self.events.put_nowait(Final(utterance.segment_id, text, language, start, end, delay, words, speaker))
+        aligner = self._aligner
+        if text and words and timing == "accurate" and aligner is not None and aligner.available:
+            self._aligns.append(PendingWords(utterance, text, language, words))
+            self._pending_samples += utterance.audio.size
+
+    async def _final_text(self, utterance: Utterance) -> tuple[str, str | None] | None:
+        """The utterance's text and language, or None after reporting why there is none."""
+        deadline = self._clock() + self.config.final_retry_s
+        while True:
+            try:
+                return await self._transcribe(utterance.audio, self.config.language, self.config.context)
+            except QueueFull as exc:
+                # Finals are never dropped for a momentary overload: wait for room and try again.
+                if self._clock() >= deadline:
+                    self._error(exc.code, exc.message, utterance.segment_id)
+                    return None
+                await asyncio.sleep(0.2)
+            except ServiceError as exc:
+                self._error(exc.code, exc.message, utterance.segment_id)
+                return None
+            except Exception:
+                logger.exception("stream final transcription failed")
+                self._error("internal_error", "transcription failed", utterance.segment_id)
+                return None
+
+    async def _align(self, pending: PendingWords) -> None:
+        size = pending.utterance.audio.size
+        self._metrics.aligned_seconds += size / SAMPLE_RATE
+        try:
+            assert self._aligner is not None  # only queued with one
+            words, timing = await aligned_words(self._aligner, pending)
+        finally:
+            self._pending_samples -= size
+            self._progress.set()
+        self.events.put_nowait(Words(pending.utterance.segment_id, words, timing))
 
     def _error(self, code: str, message: str, segment_id: int | None) -> None:
         self._metrics.errors += 1

@@ -19,6 +19,7 @@ class Cue:
     start: float
     end: float
     text: str
+    speaker: str | None = None  # with diarization: a cue holds one speaker's words
 
 
 class SubtitleParseError(ValueError):
@@ -44,8 +45,18 @@ def vtt_timestamp(seconds: float) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}.{ms:03d}"
 
 
+def _srt_text(cue: Cue, previous: Cue | None) -> str:
+    # SRT has no speaker markup; the usual convention labels a cue where the speaker changes: "[A] ...".
+    if cue.speaker is None or (previous is not None and previous.speaker == cue.speaker):
+        return cue.text
+    return f"[{cue.speaker}] {cue.text}"
+
+
 def to_srt(cues: list[Cue]) -> str:
-    blocks = [f"{cue.index}\n{srt_timestamp(cue.start)} --> {srt_timestamp(cue.end)}\n{cue.text}\n" for cue in cues]
+    blocks = [
+        f"{cue.index}\n{srt_timestamp(cue.start)} --> {srt_timestamp(cue.end)}\n{_srt_text(cue, previous)}\n"
+        for cue, previous in zip(cues, [None, *cues][: len(cues)], strict=True)
+    ]
     return "\n".join(blocks)
 
 
@@ -54,8 +65,16 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _vtt_text(cue: Cue) -> str:
+    text = _vtt_escape(cue.text)
+    if cue.speaker is None:
+        return text
+    # A voice span per line: each line of a cue is its own span in WebVTT's grammar.
+    return "\n".join(f"<v {_vtt_escape(cue.speaker)}>{line}</v>" for line in text.split("\n"))
+
+
 def to_vtt(cues: list[Cue]) -> str:
-    blocks = [f"{vtt_timestamp(cue.start)} --> {vtt_timestamp(cue.end)}\n{_vtt_escape(cue.text)}\n" for cue in cues]
+    blocks = [f"{vtt_timestamp(cue.start)} --> {vtt_timestamp(cue.end)}\n{_vtt_text(cue)}\n" for cue in cues]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
