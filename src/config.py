@@ -107,11 +107,23 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=300.0, gt=0)
     """Seconds a request may wait in the queue and run before it is answered with 504."""
 
-    max_upload_mb: float = Field(default=100.0, gt=0)
-    """Largest accepted upload in MiB; larger uploads get 413."""
+    max_upload_mb: float = Field(default=2048.0, gt=0)
+    """Largest accepted upload in MiB; larger uploads get 413. Uploads are spooled to disk, never held in
+    memory whole: 2 GiB holds four hours of audio in any common codec, or of a film's soundtrack in its video."""
 
-    max_audio_seconds: float = Field(default=1200.0, gt=0)
-    """Longest accepted audio in seconds (qwen-asr's own limit per chunk is 1200 s); longer gets 413."""
+    max_audio_seconds: float = Field(default=14400.0, gt=0)
+    """Longest accepted audio in seconds (four hours: feature-length films, lectures, podcasts); longer gets
+    413. Audio longer than LONG_AUDIO_SECONDS is decoded and transcribed piece by piece."""
+
+    long_audio_seconds: float = Field(default=1200.0, gt=0)
+    """Audio up to this long is decoded whole and served by every feature; longer audio is decoded
+    progressively and its pieces go through the queue a few at a time (PIECES_IN_FLIGHT), so memory is bounded
+    by those pieces, not by the file. Speaker diarization, SSE with speakers and translation take audio up to
+    this long (413 beyond, naming it)."""
+
+    pieces_in_flight: int = Field(default=0, ge=0)
+    """Pieces of one long file (or job) in the queue or the engine at a time. 0 = MAX_BATCH_SIZE: enough to
+    fill a batch, few enough that other requests interleave."""
 
     queue_max: int = Field(default=64, ge=1)
     """Most jobs waiting in the inference queue; beyond it requests get 429 with Retry-After."""
@@ -165,6 +177,42 @@ class Settings(BaseSettings):
     translate_max_retries: int = Field(default=3, ge=0)
     """Further attempts after an LLM call fails with 429/5xx, a connection error or a timeout."""
 
+    # --- jobs --------------------------------------------------------------------------------
+    data_dir: Path = Path("data")
+    """Folder for jobs' uploaded media and, unless JOBS_DATABASE_URL says otherwise, their SQLite database
+    (`jobs.db`). Created when the first job is submitted. Gateway replicas sharing jobs must share it."""
+
+    jobs_database_url: str | None = None
+    """Where jobs live: unset = SQLite in DATA_DIR (one file, no server); `postgresql+psycopg://user:pw@host/db`
+    (extra `jobs-postgres`) when several gateway replicas (Ray mode) share the jobs."""
+
+    jobs_concurrency: int = Field(default=1, ge=1)
+    """Jobs this server runs at once; each feeds PIECES_IN_FLIGHT pieces to the queue."""
+
+    jobs_lease_seconds: float = Field(default=30.0, ge=1)
+    """A running job's lease, renewed while it runs: after a crash or restart, the job is taken over (and
+    resumes from its last finished piece) once its lease has run out."""
+
+    jobs_retention_hours: float = Field(default=24.0, gt=0)
+    """Hours a finished job, its result and its media are kept; then they are removed."""
+
+    jobs_max_active_per_key: int = Field(default=16, ge=1)
+    """Most queued and running jobs per API key (or for everyone, without keys); beyond it POST /v1/jobs
+    gets 429."""
+
+    jobs_max_media_mb_per_key: float = Field(default=20480.0, gt=0)
+    """Most MiB of stored media per API key (jobs not yet removed); beyond it POST /v1/jobs gets 413."""
+
+    webhook_secret: SecretStr = SecretStr("")
+    """Key of the HMAC-SHA256 signature on job webhooks (header `X-ASR-Signature`, see docs/jobs.md); empty =
+    unsigned."""
+
+    webhook_max_attempts: int = Field(default=6, ge=1)
+    """Attempts to deliver a job's webhook (connection errors, timeouts, 429 and 5xx are retried)."""
+
+    webhook_backoff_seconds: float = Field(default=2.0, ge=0)
+    """Wait before the first retry of a webhook, doubled for each one after it (at most 5 minutes)."""
+
     # --- security ----------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     """Comma-separated API keys; empty (and no API_KEYS_FILE) = no authentication. Clients send
@@ -210,6 +258,12 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    def resolved_jobs_database_url(self) -> str:
+        return self.jobs_database_url or f"sqlite:///{(self.data_dir / 'jobs.db').resolve()}"
+
+    def resolved_pieces_in_flight(self) -> int:
+        return self.pieces_in_flight or self.max_batch_size
 
     @property
     def uses_vllm(self) -> bool:

@@ -28,6 +28,7 @@ from asr_server.errors import JobTimeout, QueueFull
 
 PRIORITY_STREAM = 0
 PRIORITY_HTTP = 1
+PRIORITY_JOB = 2  # pieces of background jobs (POST /v1/jobs): after live streams and waiting clients
 
 
 class JobKind(str, enum.Enum):
@@ -74,11 +75,20 @@ class PriorityInferQueue:
 
     # --- producer side -----------------------------------------------------------------------
     def submit(
-        self, payload: Any, *, priority: int, timeout: float, kind: JobKind = JobKind.transcribe
+        self,
+        payload: Any,
+        *,
+        priority: int,
+        timeout: float,
+        kind: JobKind = JobKind.transcribe,
+        admitted: bool = False,
     ) -> Job:
-        """Queue a job and return it; await `job.future` for the result. Raises QueueFull."""
+        """Queue a job and return it; await `job.future` for the result. Raises QueueFull.
+
+        `admitted`: a later piece of a request that was admitted already (a long file fed piece by piece,
+        a bounded number at a time): never refused, so a file is not turned away by its own pieces."""
         self._drop_finished()
-        if len(self._heap) >= self._max_size:
+        if not admitted and len(self._heap) >= self._max_size:
             raise QueueFull(
                 f"the server is busy: {len(self._heap)} jobs are queued; retry later",
                 headers={"Retry-After": str(self.retry_after_seconds())},

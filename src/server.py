@@ -18,7 +18,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from asr_server import __version__
-from asr_server.api import realtime, streaming, transcription, translation
+from asr_server.api import jobs, realtime, streaming, transcription, translation
 from asr_server.api.dependencies import AppServices, ServicesDep
 from asr_server.api.middleware import MULTIPART_SLACK_BYTES, BodySizeLimit, RequestContext
 from asr_server.api.protocol import ModelCard, ModelList
@@ -27,9 +27,11 @@ from asr_server.config import Settings
 from asr_server.diarization.service import DiarizationService
 from asr_server.engines import Engine, create_engine, for_this_machine
 from asr_server.errors import NotFound, ServiceError, error_envelope
+from asr_server.jobs.service import JobService
 from asr_server.logger import configure_logging, request_id_var
 from asr_server.metrics import Metrics, gpu_memory_bytes
 from asr_server.queue import PriorityInferQueue
+from asr_server.services.long_media import LongMediaPipeline
 from asr_server.services.speakers import SpeakerPipeline
 from asr_server.services.subtitles import SubtitlePipeline
 from asr_server.services.transcription import TranscriptionService
@@ -109,6 +111,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         chunk_seconds=settings.resolved_align_chunk_seconds(),
     )
     diarization = DiarizationService(settings)
+    long_media = LongMediaPipeline(subtitles, settings.resolved_pieces_in_flight())
     services = AppServices(
         settings=settings,
         queue=queue,
@@ -120,6 +123,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         diarization=diarization,
         speakers=SpeakerPipeline(subtitles, diarization, settings.speaker_match_threshold),
         metrics=metrics,
+        long_media=long_media,
+        jobs=JobService(settings, long_media),
     )
     metrics.add_state(
         {
@@ -136,10 +141,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await worker.start()
+        await services.jobs.start()
         logger.info("asr-server {} ready to accept requests ({})", __version__, worker.engine.describe())
         try:
             yield
         finally:
+            await services.jobs.stop()
             await worker.stop()
             await services.translator.aclose()
             diarization.close()
@@ -156,7 +163,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=[
                 "X-Request-ID",
@@ -164,6 +171,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
                 "X-Subtitle-Fallback-Chunks",
                 "X-Untranslated-Cues",
                 "X-Audio-Warning",
+                "Location",
             ],
         )
     # Added last = outermost: the request id covers everything, error responses included.
@@ -172,6 +180,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(translation.router)
     app.include_router(streaming.router)
     app.include_router(realtime.router)
+    app.include_router(jobs.router)
     _install_health_routes(app)
     return app
 

@@ -11,6 +11,7 @@ joined by script instead: a space between two words unless either side is Chines
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import math
 import unicodedata
@@ -102,6 +103,19 @@ def join_words(words: Sequence[WordTiming]) -> str:
         out.append(core)
         previous = core
     return "".join(out)
+
+
+def join_word_runs(runs: Sequence[Sequence[WordTiming]]) -> list[WordTiming]:
+    """The words of consecutive pieces as one run: each piece's first word gets the space `join_pieces` puts
+    between the pieces' texts (a piece's transcript starts without one, so "end" + "start" would read "endstart")."""
+    words: list[WordTiming] = []
+    for run in runs:
+        if words and run and not run[0].text[:1].isspace():
+            left, right = normalise_space(words[-1].text), normalise_space(run[0].text)
+            if left and right and needs_space(left, right):
+                run = [dataclasses.replace(run[0], text=" " + run[0].text), *run[1:]]
+        words.extend(run)
+    return words
 
 
 # --- Punctuation restoration ---

@@ -16,6 +16,9 @@ import pytest
 
 from asr_server.engines.fpenv import reset_floating_point_env
 
+# Fixture modules shared by several test files: a loopback webhook receiver, a real PostgreSQL server.
+pytest_plugins = ["webhook_receiver", "postgres_server"]
+
 # ====================================================================================================
 # Tiny local Qwen3-ASR / Qwen3-ForcedAligner checkpoints, built by scripts/make_tiny_checkpoint.py.
 # Cached under .cache/tiny-checkpoints/<kind>-<hash of the script>/ (git-ignored); built only when

@@ -28,7 +28,7 @@ ENGINE_IMPLEMENTATIONS = {
     "asr_server.engines.ray.engine",
 }
 WEB_FRAMEWORKS = ("fastapi", "starlette", "uvicorn")
-FRAMEWORK_FREE_ROOMS = ("services", "streaming", "media", "text")
+FRAMEWORK_FREE_ROOMS = ("services", "streaming", "media", "text", "jobs")
 
 
 def module_name(path: Path) -> str:

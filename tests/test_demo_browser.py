@@ -8,77 +8,33 @@ bursts of the WAV as utterances.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
-import shutil
-import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import websockets
 
 from asr_server.config import Settings
 from asr_server.server import create_app
 
+from chromium import chromium, needs_chromium
 from support import encode, running_server, tone
 
-CHROMIUM = next(
-    (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None
-)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+pytestmark = needs_chromium
 
 
-@contextlib.contextmanager
-def chromium(tmp_path: Path, wav: Path, url: str) -> Iterator[str]:
-    """Start headless Chromium on `url` with `wav` as its microphone; yield the page's DevTools URL."""
-    profile = tmp_path / "profile"
-    args = [
-        str(CHROMIUM),
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--mute-audio",
+def microphone(wav: Path) -> list[str]:
+    """Chromium flags that play `wav` as the microphone, granted without asking."""
+    return [
         "--autoplay-policy=no-user-gesture-required",  # the AudioContext starts without a click
-        "--use-fake-ui-for-media-stream",  # grant the microphone without asking
+        "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-audio-capture={wav}%noloop",
-        f"--user-data-dir={profile}",
-        "--remote-debugging-port=0",
-        url,
     ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("chromium did not start")
-            time.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as response:
-                pages = [t for t in json.load(response) if t["type"] == "page"]
-            if pages or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        yield pages[0]["webSocketDebuggerUrl"]
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def evaluate_until(devtools_url: str, expression: str, timeout: float) -> object:
@@ -112,7 +68,7 @@ async def test_demo_page_shows_a_final_transcript(tmp_path: Path) -> None:
     prompt = "captions from the fake microphone"
     with running_server(create_app(settings)) as base:
         query = urllib.parse.urlencode({"autostart": "1", "prompt": prompt, "language": "en"})
-        with chromium(tmp_path, wav, f"{base}/demo?{query}") as devtools:
+        with chromium(tmp_path, f"{base}/demo?{query}", microphone(wav)) as devtools:
             finals = await evaluate_until(
                 devtools, "[...document.querySelectorAll('#finals .final')].map(p => p.textContent)", timeout=30
             )

@@ -21,7 +21,7 @@ from support import running_server, wav_bytes
 
 
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     llm = LLMStub().start()  # /translate is fuzzed end to end against a scripted LLM
     settings = Settings(
         asr_engine="fake",
@@ -30,6 +30,7 @@ def base_url() -> Iterator[str]:
         max_audio_seconds=30,
         openai_base_url=llm.base_url,
         translate_model="correct",
+        data_dir=tmp_path_factory.mktemp("jobs"),  # the jobs routes are fuzzed too
     )
     with running_server(create_app(settings)) as url:
         yield url

@@ -11,8 +11,10 @@ from fastapi import Depends, Request
 
 from asr_server.config import Settings
 from asr_server.diarization.service import DiarizationService
+from asr_server.jobs.service import JobService
 from asr_server.metrics import Metrics
 from asr_server.queue import PriorityInferQueue
+from asr_server.services.long_media import LongMediaPipeline
 from asr_server.services.speakers import SpeakerPipeline
 from asr_server.services.subtitles import SubtitlePipeline
 from asr_server.services.transcription import TranscriptionService
@@ -36,6 +38,8 @@ class AppServices:
     diarization: DiarizationService  # speaker turns and embeddings, on its own executor
     speakers: SpeakerPipeline  # timed transcription with speakers (diarized_json, diarize=true)
     metrics: Metrics
+    long_media: LongMediaPipeline  # audio past LONG_AUDIO_SECONDS, piece by piece
+    jobs: JobService  # POST /v1/jobs: stored, resumable, with webhooks
     # Live streams: the concurrency limit and counters, shared by /ws/transcribe and /v1/realtime.
     streams: StreamRegistry = field(init=False)
 

@@ -27,6 +27,7 @@ from asr_server.errors import QueueFull, ServiceError, Unauthorized
 WS_POLICY_VIOLATION = 1008
 WS_TRY_AGAIN_LATER = 1013
 _SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+KEY_ID_STATE = "api_key_id"  # the request's key id in `request.state` (unset when no keys are configured)
 
 
 def load_api_keys(settings: Settings) -> list[bytes]:
@@ -103,6 +104,7 @@ class APIKeyAuth:
                 ),
             )
             return
+        scope.setdefault("state", {})[KEY_ID_STATE] = label  # whose jobs a request may see (request.state)
         self._in_flight[label] += 1
         try:
             await self.app(scope, receive, send)

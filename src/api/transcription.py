@@ -3,57 +3,45 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
+from asr_server.api.formats import duration_usage, format_plain, format_timed, sse_event
+from asr_server.api.long_transcription import refuse_speakers, stream_long, transcribe_long
 from asr_server.api.protocol import (
     TRANSCRIPTION_RESPONSES,
     DiarizedSegment,
-    DurationUsage,
     ResponseFormat,
     ServerVadChunking,
     TimestampGranularity,
-    TokenLogprob,
     TranscriptionDiarizedJSON,
     TranscriptionInclude,
-    TranscriptionJSON,
-    TranscriptionSegment,
-    TranscriptionVerboseJSON,
-    TranscriptionWord,
     json_body,
 )
 from asr_server.api.speaker_form import SpeakerForm, check_speaker_fields, speaker_options
 from asr_server.api.uploads import (
-    SUBTITLE_MEDIA_TYPES,
     CueLayoutForm,
-    decode_upload,
+    open_upload,
     resolve_mode,
 )
 from asr_server.errors import InvalidField, ServiceError
 from asr_server.media.audio import DecodedAudio
-from asr_server.services.segments import token_logprobs, verbose_segments
+from asr_server.media.long_audio import LongAudio
+from asr_server.services.segments import token_logprobs
 from asr_server.services.speakers import speaker_segments
 from asr_server.services.subtitles import SubtitleMode, TimedTranscription
-from asr_server.services.transcription import TranscriptionResult
 from asr_server.streaming.protocol import MAX_PROMPT_CHARS
-from asr_server.subtitle import words_payload
-from asr_server.text.cues import to_srt, to_vtt
-from asr_server.text.languages import language_code, language_label, normalize_language
+from asr_server.text.languages import normalize_language
 
 router = APIRouter(tags=["transcription"])
 
 TIMED_FORMATS = (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json, ResponseFormat.diarized_json)
 # Formats that can carry speaker labels when diarize=true asks for them (diarized_json always has them).
 LABELLED_FORMATS = (ResponseFormat.srt, ResponseFormat.vtt, ResponseFormat.verbose_json)
-
-
-def duration_usage(seconds: float) -> DurationUsage:
-    return DurationUsage(seconds=math.ceil(seconds))
 
 
 def parse_chunking_strategy(value: str | None, form: Mapping[str, object]) -> str | ServerVadChunking | None:
@@ -83,56 +71,6 @@ def parse_chunking_strategy(value: str | None, form: Mapping[str, object]) -> st
         ) from exc
 
 
-def format_plain(
-    result: TranscriptionResult, response_format: ResponseFormat, *, logprobs: bool = False, warning: str | None = None
-) -> Response:
-    if response_format == ResponseFormat.text:
-        return PlainTextResponse(result.text + "\n" if result.text else "")
-    body = TranscriptionJSON(
-        text=result.text,
-        language=language_label(result.language),
-        language_code=language_code(result.language),
-        duration=round(result.duration, 3),
-        usage=duration_usage(result.duration),
-    )
-    if logprobs:
-        body.logprobs = [TokenLogprob(**p) for p in token_logprobs([result.transcript] if result.transcript else [])]
-    if warning:  # the X-Audio-Warning header says the same; a body field survives proxies and SDK parsing
-        body.warnings = [warning]
-    return JSONResponse(json_body(body))
-
-
-def format_timed(
-    result: TimedTranscription,
-    response_format: ResponseFormat,
-    granularities: list[TimestampGranularity],
-    temperature: float = 0.0,
-    warning: str | None = None,
-) -> Response:
-    headers = {"X-Subtitle-Mode": result.mode.value}
-    if result.fallback_chunks:
-        headers["X-Subtitle-Fallback-Chunks"] = ",".join(str(i) for i in result.fallback_chunks)
-    if response_format in SUBTITLE_MEDIA_TYPES:
-        subtitles = to_srt(result.cues) if response_format == ResponseFormat.srt else to_vtt(result.cues)
-        return PlainTextResponse(subtitles, media_type=SUBTITLE_MEDIA_TYPES[response_format], headers=headers)
-    body = TranscriptionVerboseJSON(
-        language=language_label(result.language),
-        duration=round(result.duration, 3),
-        text=result.text,
-        usage=duration_usage(result.duration),
-        subtitle_mode=result.mode.value,
-        timing_fallback_chunks=result.fallback_chunks,
-    )
-    if TimestampGranularity.segment in granularities:
-        segments = verbose_segments(result.cues, result.transcripts, result.speech_frames, temperature)
-        body.segments = [TranscriptionSegment(**segment) for segment in segments]
-    if TimestampGranularity.word in granularities:
-        body.words = [TranscriptionWord(**word) for word in words_payload(result.words)]
-    if warning:
-        body.warnings = [warning]
-    return JSONResponse(json_body(body), headers=headers)
-
-
 def diarized_segments(result: TimedTranscription) -> list[DiarizedSegment]:
     return [
         DiarizedSegment(
@@ -151,10 +89,6 @@ def format_diarized(result: TimedTranscription, warning: str | None = None) -> R
         warnings=[warning] if warning else None,
     )
     return JSONResponse(json_body(body), headers={"X-Subtitle-Mode": result.mode.value})
-
-
-def sse_event(payload: dict[str, object]) -> bytes:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
 
 async def sse_diarized(work: Awaitable[TimedTranscription]) -> AsyncIterator[bytes]:
@@ -254,7 +188,27 @@ async def transcribe(
     if timed:
         mode = resolve_mode(services, subtitle_mode)
         rules = layout.rules()
-    audio = await decode_upload(file, services)
+    audio = await open_upload(file, services)
+    if isinstance(audio, LongAudio):  # past LONG_AUDIO_SECONDS: piece by piece
+        if labelled:
+            audio.close()
+            raise refuse_speakers(services)
+        if stream:
+            return stream_long(services, audio, language=language_name, context=prompt or "", logprobs=logprobs)
+        return await transcribe_long(
+            request,
+            services,
+            audio,
+            response_format=response_format,
+            language=language_name,
+            context=prompt or "",
+            mode=mode if timed else None,
+            rules=rules if timed else None,
+            granularities=timestamp_granularities or [TimestampGranularity.segment],
+            temperature=temperature,
+            logprobs=logprobs,
+            filename=file.filename,
+        )
     options = await speaker_options(speakers) if labelled else None
     if stream and options is not None:
         work = services.speakers.run(

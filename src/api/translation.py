@@ -68,7 +68,7 @@ async def _source_from_audio(
     layout: CueLayout,
     speakers: SpeakerFields | None,
 ) -> tuple[SourceDocument, SubtitleMode | None]:
-    audio = await decode_upload(file, services)
+    audio = await decode_upload(file, services, feature="translation of audio")
     options = await speaker_options(speakers) if speakers is not None else None
     if not timed:
         result = await cancel_on_disconnect(

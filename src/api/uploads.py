@@ -15,29 +15,70 @@ from asr_server.api.dependencies import AppServices
 from asr_server.api.middleware import note_audio_warning
 from asr_server.api.protocol import ResponseFormat
 from asr_server.errors import InvalidField, PayloadTooLarge
-from asr_server.media.audio import DecodedAudio, decode_audio
+from asr_server.media.audio import DecodedAudio
+from asr_server.media.long_audio import LongAudio, open_audio
 from asr_server.services.subtitles import SubtitleMode
 from asr_server.subtitle import CueRules
 
 SUBTITLE_MEDIA_TYPES = {ResponseFormat.srt: "application/x-subrip", ResponseFormat.vtt: "text/vtt"}
 
 
+# Text and subtitle uploads are read whole (and translated in batches): far more than a film's subtitles.
+MAX_TEXT_UPLOAD_BYTES = 32 * 1024 * 1024
+
+
 async def read_upload(file: UploadFile, max_bytes: int) -> bytes:
+    """A text upload's bytes: at most `max_bytes`, and never more than MAX_TEXT_UPLOAD_BYTES (413)."""
+    max_bytes = min(max_bytes, MAX_TEXT_UPLOAD_BYTES)
     data = await file.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"the upload is larger than {max_bytes / 1024 / 1024:g} MiB (MAX_UPLOAD_MB)", param="file"
-        )
+        raise PayloadTooLarge(f"the text upload is larger than {max_bytes / 1024 / 1024:g} MiB", param="file")
     return data
 
 
-async def decode_upload(file: UploadFile, services: AppServices) -> DecodedAudio:
+def check_upload_size(file: UploadFile, max_bytes: int) -> None:
+    if file.size is not None and file.size > max_bytes:
+        raise PayloadTooLarge(
+            f"the upload is larger than {max_bytes / 1024 / 1024:g} MiB (MAX_UPLOAD_MB)", param="file"
+        )
+
+
+async def open_upload(file: UploadFile, services: AppServices) -> DecodedAudio | LongAudio:
+    """The upload decoded whole when it holds at most LONG_AUDIO_SECONDS, else an open `LongAudio` (the caller
+    closes it). Read from the spooled file, never into memory whole."""
     settings = services.settings
-    data = await read_upload(file, settings.max_upload_bytes)
-    audio = await asyncio.to_thread(decode_audio, data, file.filename, max_seconds=settings.max_audio_seconds)
-    if audio.warning:  # transcribed anyway (part of the speech is better than none), but never silently
-        logger.warning("upload {!r}: {}", file.filename, audio.warning)
-        note_audio_warning(audio.warning)
+    check_upload_size(file, settings.max_upload_bytes)
+    audio = await asyncio.to_thread(
+        open_audio,
+        file.file,
+        file.filename,
+        max_seconds=settings.max_audio_seconds,
+        whole_seconds=settings.long_audio_seconds,
+    )
+    if isinstance(audio, DecodedAudio):
+        note_warning(file.filename, audio.warning)
+    return audio
+
+
+def note_warning(filename: str | None, warning: str | None) -> None:
+    if warning:  # transcribed anyway (part of the speech is better than none), but never silently
+        logger.warning("upload {!r}: {}", filename, warning)
+        note_audio_warning(warning)
+
+
+async def decode_upload(file: UploadFile, services: AppServices, feature: str = "this request") -> DecodedAudio:
+    """The upload decoded whole, for features that need all of it at once (speakers, translation): 413 past
+    LONG_AUDIO_SECONDS, naming what does take longer audio."""
+    audio = await open_upload(file, services)
+    if isinstance(audio, LongAudio):
+        audio.close()
+        limit = services.settings.long_audio_seconds
+        raise PayloadTooLarge(
+            f"{feature} takes audio up to {limit:g} s (LONG_AUDIO_SECONDS); longer audio is transcribed by "
+            "/v1/audio/transcriptions without speakers, or as a job (POST /v1/jobs)",
+            param="file",
+            code="audio_too_long",
+        )
     return audio
 
 

@@ -159,7 +159,7 @@ class TransformersEngine(Engine):
                 device=device,
                 tensorrt=bool(s.trt_encoder_path),
                 threads=s.cpu_threads,
-                max_seconds=s.max_audio_seconds,
+                max_seconds=min(s.max_audio_seconds, s.long_audio_seconds),  # the longest item it gets
             )
         if s.bound_prefill_memory:
             _bound_encoder_convolutions(model)

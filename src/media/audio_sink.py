@@ -1,7 +1,8 @@
 """Where decoded blocks go: downmixed blocks at the source rate in, 16 kHz mono float32 out, within limits.
 
-The decoders in `asr_server.media.audio` feed one block at a time; soxr's streaming resampler converts it, and
-the output is refused (413) the moment it passes the accepted length, so memory never exceeds what a request may cost.
+The decoder in `asr_server.media.audio` feeds one block at a time; soxr's streaming resampler (`MonoResampler`)
+converts it, and the output is refused (413) the moment it passes the accepted length, so memory never exceeds what
+a request may cost. Decoding whole gathers the 16 kHz blocks in a `SampleBuffer`; a stream hands them on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from asr_server.media import SAMPLE_RATE
 
 # Blocks of at most this many source frames (and at most one second): 32 channels x 64 Ki x 4 B = 8 MiB.
 MAX_BLOCK_FRAMES = 1 << 16
-# An output chunk list is joined once at the end; preallocate when the length is known to avoid that copy.
+# A SampleBuffer's block list is joined once at the end; preallocate when the length is known to avoid that copy.
 _PREALLOCATE_SLACK_S = 1.0
 
 
@@ -63,44 +64,88 @@ def too_long(max_seconds: float | None) -> PayloadTooLarge:
     )
 
 
-class MonoSink:
-    """Collects mono blocks at any source rate as 16 kHz float32, refusing output beyond `max_seconds`.
+class MonoResampler:
+    """Downmixed blocks at any source rate in, 16 kHz float32 blocks out, refusing output beyond `max_seconds`.
 
-    With `expected_seconds` (the header's length) the output goes into one buffer allocated up front, whose
-    untouched pages cost nothing; without it, chunks are joined at the end (twice the output, briefly).
+    soxr's streaming resampler converts block by block (the rate may change between blocks); every block it
+    returns is checked (length, NaN/inf) and is the caller's own (never a view of a decoder's reused buffer).
     """
 
-    def __init__(self, max_seconds: float | None, expected_seconds: float | None = None) -> None:
+    def __init__(self, max_seconds: float | None) -> None:
         self._max_seconds = max_seconds
         self._max_samples = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
         self._resampler: Any = None
         self._rate = 0
+        self.samples = 0
+        """16 kHz samples given out so far."""
+
+    def add(self, mono: np.ndarray, sample_rate: int) -> list[np.ndarray]:
+        """One block of mono samples at `sample_rate`; the 16 kHz blocks it completes (often one, maybe none)."""
+        out: list[np.ndarray] = []
+        if sample_rate != self._rate:
+            self._flush(out)
+            self._rate = sample_rate
+            self._resampler = None if sample_rate == SAMPLE_RATE else _stream_resampler(sample_rate)
+        if self._resampler is None:
+            self._accept(np.asarray(mono, dtype=np.float32), out)
+        else:
+            self._accept(self._resampler.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32)), out)
+        return out
+
+    def finish(self) -> list[np.ndarray]:
+        """The resampler's last samples, at the end of the stream."""
+        out: list[np.ndarray] = []
+        self._flush(out)
+        return out
+
+    def _flush(self, out: list[np.ndarray]) -> None:
+        if self._resampler is not None:
+            self._accept(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True), out)
+            self._resampler = None
+
+    def _accept(self, block: np.ndarray, out: list[np.ndarray]) -> None:
+        if block.size == 0:
+            return
+        if self._max_samples is not None and self.samples + block.size > self._max_samples:
+            self._resampler = None
+            raise too_long(self._max_seconds)
+        if not np.isfinite(block).all():
+            self._resampler = None
+            raise AudioDecodeError("the audio contains invalid (NaN/inf) samples", param="file")
+        out.append(block.copy() if block.base is not None else block)
+        self.samples += block.size
+
+
+class SampleBuffer:
+    """16 kHz blocks gathered into one array (decoding whole).
+
+    With `expected_seconds` (the header's length) the output goes into one buffer allocated up front, whose
+    untouched pages cost nothing; without it, blocks are joined at the end (twice the output, briefly).
+    """
+
+    def __init__(self, max_seconds: float | None, expected_seconds: float | None = None) -> None:
         self._chunks: list[np.ndarray] = []
         self._buffer: np.ndarray | None = None
         self._size = 0
         if expected_seconds is not None:
             capacity = int((expected_seconds + _PREALLOCATE_SLACK_S) * SAMPLE_RATE)
-            if self._max_samples is not None:
-                capacity = min(capacity, self._max_samples)
+            if max_seconds is not None:
+                capacity = min(capacity, int(max_seconds * SAMPLE_RATE))
             self._buffer = np.empty(max(capacity, 1), dtype=np.float32)
 
     @property
     def samples(self) -> int:
         return self._size
 
-    def add(self, mono: np.ndarray, sample_rate: int) -> None:
-        """One block of mono samples at `sample_rate` (which may change between blocks)."""
-        if sample_rate != self._rate:
-            self._flush_resampler()
-            self._rate = sample_rate
-            self._resampler = None if sample_rate == SAMPLE_RATE else _stream_resampler(sample_rate)
-        if self._resampler is None:
-            self._append(np.asarray(mono, dtype=np.float32))
+    def append(self, block: np.ndarray) -> None:
+        """A block the caller owns (it is kept, not copied, when it does not fit the buffer)."""
+        if self._buffer is not None and not self._chunks and self._size + block.size <= len(self._buffer):
+            self._buffer[self._size : self._size + block.size] = block
         else:
-            self._append(self._resampler.resample_chunk(np.ascontiguousarray(mono, dtype=np.float32)))
+            self._chunks.append(block)
+        self._size += block.size
 
     def finish(self) -> np.ndarray:
-        self._flush_resampler()
         if self._buffer is not None and not self._chunks:
             used = self._buffer[: self._size]
             # A header that overstated the length leaves a large tail; keep only what was decoded.
@@ -108,32 +153,10 @@ class MonoSink:
         pieces = ([self._buffer[: self._size]] if self._buffer is not None else []) + self._chunks
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
-    def _flush_resampler(self) -> None:
-        if self._resampler is not None:
-            self._append(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-            self._resampler = None
-
-    def _append(self, out: np.ndarray) -> None:
-        if out.size == 0:
-            return
-        if self._max_samples is not None and self._size + out.size > self._max_samples:
-            self._discard()
-            raise too_long(self._max_seconds)
-        if not np.isfinite(out).all():
-            self._discard()
-            raise AudioDecodeError("the audio contains invalid (NaN/inf) samples", param="file")
-        if self._buffer is not None and not self._chunks and self._size + out.size <= len(self._buffer):
-            self._buffer[self._size : self._size + out.size] = out
-        else:
-            self._chunks.append(out.copy() if out.base is not None else out)
-        self._size += out.size
-
-
-    def _discard(self) -> None:
-        """Drop the output before raising: a traceback keeps this sink alive until its frames are collected."""
+    def discard(self) -> None:
+        """Drop the output before raising: a traceback keeps the buffer alive until its frames are collected."""
         self._chunks.clear()
         self._buffer = None
-        self._resampler = None
 
 
 def _stream_resampler(source_rate: int) -> Any:

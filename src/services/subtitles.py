@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +28,15 @@ from asr_server.media.vad import frame_probabilities, load_vad, regions_from_pro
 from asr_server.queue import PRIORITY_HTTP, JobKind
 from asr_server.services.segments import SpeechFrames
 from asr_server.services.transcription import TranscriptionService
-from asr_server.subtitle import CueRules, WordTiming, build_cues, fast_timings, join_words, restore_punctuation
+from asr_server.subtitle import (
+    CueRules,
+    WordTiming,
+    build_cues,
+    fast_timings,
+    join_word_runs,
+    join_words,
+    restore_punctuation,
+)
 from asr_server.text.cues import Cue
 from asr_server.text.units import join_pieces
 
@@ -71,6 +79,36 @@ class TimedTranscription:
         if self.mode != SubtitleMode.accurate:
             return []
         return [chunk.index for chunk in self.chunks if chunk.mode == SubtitleMode.fast]
+
+
+@dataclass(frozen=True)
+class PieceOutcome:
+    """One piece transcribed and timed: what a long file's pieces leave behind (and a job stores)."""
+
+    chunk: ChunkTiming
+    transcript: Transcript
+    words: list[WordTiming]
+    frames: SpeechFrames | None = None
+
+
+async def assemble(
+    outcomes: Sequence[PieceOutcome], duration: float, *, mode: SubtitleMode, rules: CueRules, language: str | None
+) -> TimedTranscription:
+    """The timed transcription of consecutive pieces (in audio order): their words, cues over all of them."""
+    words = join_word_runs([outcome.words for outcome in outcomes])
+    cues = await asyncio.to_thread(build_cues, words, duration, rules)
+    languages = [outcome.chunk.language for outcome in outcomes]
+    return TimedTranscription(
+        text=join_pieces(outcome.transcript.text for outcome in outcomes),
+        language=_majority_language(languages) or language,
+        duration=duration,
+        words=words,
+        cues=cues,
+        chunks=[outcome.chunk for outcome in outcomes],
+        mode=mode,
+        transcripts=[outcome.transcript for outcome in outcomes],
+        speech_frames=[outcome.frames for outcome in outcomes if outcome.frames is not None],
+    )
 
 
 def _majority_language(languages: list[str]) -> str | None:
@@ -126,43 +164,69 @@ class SubtitlePipeline:
     ) -> TimedTranscription:
         samples = audio.samples
         ranges = split_at_quiet_points(samples, SAMPLE_RATE, self._chunk_seconds)
-        transcripts: list[Transcript] = await asyncio.gather(
+        outcomes = await asyncio.gather(
             *(
-                self._service.submit(
-                    JobKind.transcribe,
-                    TranscribeItem(audio=samples[a:b], language=language, context=context),
+                self.run_piece(
+                    index,
+                    samples[a:b],
+                    a / SAMPLE_RATE,
+                    language=language,
+                    context=context,
+                    mode=mode,
                     priority=priority,
+                    measure_speech=measure_speech,
                 )
-                for a, b in ranges
+                for index, (a, b) in enumerate(ranges)
             )
         )
-        chunk_languages = [t.language or language or "" for t in transcripts]
-        timed = await asyncio.gather(
-            *(
-                self._time_chunk(
-                    index, samples[a:b], a / SAMPLE_RATE, t.text.strip(), lang, mode, priority, measure_speech
-                )
-                for index, ((a, b), t, lang) in enumerate(zip(ranges, transcripts, chunk_languages, strict=True))
-            )
+        return await assemble(outcomes, audio.duration, mode=mode, rules=rules, language=language)
+
+    @property
+    def piece_seconds(self) -> float:
+        """Longest piece transcribed and timed at once."""
+        return self._chunk_seconds
+
+    async def run_piece(
+        self,
+        index: int,
+        samples: np.ndarray,
+        offset: float,
+        *,
+        language: str | None,
+        context: str,
+        mode: SubtitleMode,
+        priority: int = PRIORITY_HTTP,
+        measure_speech: bool = False,
+        admitted: bool = False,
+        timed: bool = True,
+    ) -> PieceOutcome:
+        """Transcribe one piece (at most `piece_seconds`) and, when `timed`, time its words; times are `offset` +
+        seconds in it."""
+        transcript: Transcript = await self._service.submit(
+            JobKind.transcribe,
+            TranscribeItem(audio=samples, language=language, context=context),
+            priority=priority,
+            admitted=admitted,
         )
-        words = [word for chunk_words, _, _ in timed for word in chunk_words]
-        chunks = [chunk for _, chunk, _ in timed]
-        cues = await asyncio.to_thread(build_cues, words, audio.duration, rules)
-        text = join_pieces(t.text for t in transcripts)
-        return TimedTranscription(
-            text=text,
-            language=_majority_language(chunk_languages) or language,
-            duration=audio.duration,
-            words=words,
-            cues=cues,
-            chunks=chunks,
-            mode=mode,
-            transcripts=list(transcripts),
-            speech_frames=[frames for _, _, frames in timed if frames is not None],
+        piece_language = transcript.language or language or ""
+        if not timed:
+            end = offset + len(samples) / SAMPLE_RATE
+            chunk = ChunkTiming(index, offset, end, transcript.text.strip(), piece_language, mode)
+            return PieceOutcome(chunk=chunk, transcript=transcript, words=[])
+        words, chunk, frames = await self._time_chunk(
+            index, samples, offset, transcript.text.strip(), piece_language, mode, priority, measure_speech, admitted
         )
+        return PieceOutcome(chunk=chunk, transcript=transcript, words=words, frames=frames)
 
     async def aligned_words(
-        self, samples: np.ndarray, text: str, language: str | None, *, offset: float, priority: int
+        self,
+        samples: np.ndarray,
+        text: str,
+        language: str | None,
+        *,
+        offset: float,
+        priority: int,
+        admitted: bool = False,
     ) -> list[WordTiming]:
         """The forced aligner's timing of `text` spoken in `samples`, through the queue (times + `offset`), with
         the transcript's punctuation restored. Raises ServiceError when it fails or times nothing."""
@@ -170,6 +234,7 @@ class SubtitlePipeline:
             JobKind.align,
             AlignItem(audio=samples, text=text, language=language or FALLBACK_ALIGN_LANGUAGE),
             priority=priority,
+            admitted=admitted,
         )
         words = _aligned_words(units, text, offset)
         if not words:
@@ -186,6 +251,7 @@ class SubtitlePipeline:
         mode: SubtitleMode,
         priority: int,
         measure_speech: bool,
+        admitted: bool = False,
     ) -> tuple[list[WordTiming], ChunkTiming, SpeechFrames | None]:
         end = offset + len(samples) / SAMPLE_RATE
         used = mode
@@ -195,7 +261,9 @@ class SubtitlePipeline:
             probabilities = await asyncio.to_thread(_speech_probabilities, samples)
         if text and mode == SubtitleMode.accurate:
             try:
-                words = await self.aligned_words(samples, text, language, offset=offset, priority=priority)
+                words = await self.aligned_words(
+                    samples, text, language, offset=offset, priority=priority, admitted=admitted
+                )
             except ServiceError as exc:
                 logger.warning("aligner failed on chunk {} ({}); using fast timing for it", index, exc.message)
                 used = SubtitleMode.fast

@@ -44,13 +44,16 @@ class TranscriptionService:
         self._settings = settings
         self._queue = queue
 
-    async def submit(self, kind: JobKind, payload: Any, *, priority: int = PRIORITY_HTTP) -> Any:
+    async def submit(
+        self, kind: JobKind, payload: Any, *, priority: int = PRIORITY_HTTP, admitted: bool = False
+    ) -> Any:
         """Queue one job and wait for its result. Raises QueueFull / JobTimeout / the job's own error.
 
         Cancelling the awaiting task (client disconnected) cancels the job: the queue then drops it.
+        `admitted`: see `PriorityInferQueue.submit` (later pieces of a long file are never refused).
         """
         timeout = self._settings.request_timeout
-        job = self._queue.submit(payload, priority=priority, timeout=timeout, kind=kind)
+        job = self._queue.submit(payload, priority=priority, timeout=timeout, kind=kind, admitted=admitted)
         try:
             return await asyncio.wait_for(job.future, timeout)
         except TimeoutError as exc:
