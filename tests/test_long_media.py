@@ -59,7 +59,7 @@ def test_a_four_hour_file_gives_an_exact_srt(tmp_path: Path, four_hours: tuple[P
     app = create_app(_settings(tmp_path, queue_max=4), engine=ToneWordEngine())
     with running_server(app) as url, path.open("rb") as media:
         response = httpx.post(
-            f"{url}/v1/audio/transcriptions",
+            f"{url}/transcribe",
             files={"file": (path.name, media, "audio/flac")},
             data={"response_format": "srt", "subtitle_mode": "accurate"},
             timeout=900,
