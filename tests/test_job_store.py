@@ -132,6 +132,18 @@ def test_an_expired_lease_lets_another_worker_take_over(store: JobStore) -> None
         store.finish("a", "alive", JobState.running)
 
 
+def test_a_released_job_is_claimed_again_at_once_and_not_counted(store: JobStore) -> None:
+    store.insert(make_job("a", created_at=1.0))
+    assert store.claim("stopping", lease_seconds=30, now=1000).attempts == 1
+    assert not store.release("a", "someone else")  # only its holder gives it back
+    assert store.release("a", "stopping")
+    back = store.get("a")
+    assert back.state is JobState.queued and back.lease_owner is None and back.attempts == 0
+    assert not store.renew("a", "stopping", lease_seconds=30, now=1001)
+    again = store.claim("restarted", lease_seconds=30, now=1001)  # no waiting for the old lease
+    assert again is not None and again.attempts == 1 and again.started_at == 1000
+
+
 def test_a_job_interrupted_max_attempts_times_fails(store: JobStore) -> None:
     store.insert(make_job("doomed", created_at=1.0, webhook_url="https://example.test/hook"))
     store.insert(make_job("next", created_at=2.0))

@@ -177,6 +177,21 @@ def test_cancel_a_running_job(tmp_path: Path, receiver: Receiver) -> None:
     assert [r.headers["x-asr-event"] for r in receiver.requests] == ["job.cancelled"]
 
 
+def test_a_stopped_server_gives_its_job_back(tmp_path: Path) -> None:
+    """A graceful stop (SIGTERM, a deploy) does not wait for the lease: the next server resumes the job at once."""
+    held = GatedEngine()
+    settings = _settings(tmp_path, warmup=False, jobs_lease_seconds=600)
+    with running_server(create_app(settings, engine=held)) as url:
+        job = submit(url, "talk.flac", encode(speechlike(200, seed=3), fmt="FLAC"), prompt="resumed").json()
+        wait_for(url, job["id"], {"running"})
+    held.gate.set()  # let the stopped server's engine thread go
+    with running_server(create_app(settings)) as url:
+        done = wait_for(url, job["id"], {"succeeded"}, timeout=30)  # far sooner than the 600 s lease
+        assert done["progress"]["done_seconds"] == pytest.approx(200, abs=0.1)
+        text = httpx.get(f"{url}/v1/jobs/{job['id']}/result", params={"format": "text"}).text
+        assert text.split() == ["resumed"] * len(split_at_quiet_points(speechlike(200, seed=3), 16_000, PIECE))
+
+
 def test_bad_requests_get_clear_errors_and_leave_nothing(tmp_path: Path) -> None:
     settings = _settings(tmp_path, jobs_max_media_mb_per_key=0.5)
     with running_server(create_app(settings)) as url:

@@ -72,10 +72,19 @@ class JobRunner:
         self._spawn(self._redeliver_pending())
 
     async def stop(self) -> None:
+        """Stop claiming, stop the jobs running here and give them back to the queue (resumed after the last
+        stored piece by whichever server claims them next), and stop delivering webhooks (still pending: sent at
+        the next start)."""
+        held = list(self._running)
         tasks = [*self._loops, *self._running.values(), *self._background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for job_id in held:
+            try:
+                await asyncio.to_thread(self._store.release, job_id, self.worker)
+            except Exception as exc:  # its lease will run out instead
+                logger.opt(exception=exc).warning("could not give job {} back to the queue", job_id)
         await self._client.aclose()
 
     def wake(self) -> None:
