@@ -21,9 +21,13 @@ With `--model hello` (the default) the checkpoint is the tests' tiny hello one (
 With `--model DIR` (e.g. a random 0.6B-dimension checkpoint) the load is the real size's and correctness is not judged.
 
     .venv-vllm/bin/python bench/vllm_streams_vs_serve.py [--model hello|DIR] [--streams 8] [--minutes 10]
-        [--upload-every 5] [--kv-cache-gib 4] [--max-new-tokens 32] [--eager]
+        [--upload-every 5] [--kv-cache-gib 4] [--serve-kv-cache-gib N] [--max-new-tokens 32] [--eager]
+        [--only ours|vllm]
 
-Server logs go to /tmp/bench-streams-{ours,vllm}-PORT.log.
+`--max-new-tokens` bounds our answers and `vllm serve`'s uploads; its realtime answers are capped at 64 tokens per
+segment by the model class, which no request can change. Its per-stream context grows by ~145 tokens per segment
+(max-model-len is sized for the whole stream, and the KV it needs is printed at the start). Server logs go to
+/tmp/bench-streams-{ours,vllm}-PORT.log.
 """
 
 from __future__ import annotations
@@ -366,7 +370,7 @@ def main() -> int:
     serve_gib = args.serve_kv_cache_gib or args.kv_cache_gib
     need_gib = args.streams * max_len * kv_bytes_per_token(model) / 2**30
     short = " (short: vLLM will preempt)" if need_gib > serve_gib else ""
-    print(f"`vllm serve`: max-model-len {max_len}; KV for {args.streams} whole streams ≤ {need_gib:.2f} GiB", end="")
+    print(f"`vllm serve`: max-model-len {max_len}; KV for {args.streams} whole streams ≤ {need_gib:.3g} GiB", end="")
     print(f" of {serve_gib:g} GiB{short}", flush=True)
 
     ours_port, raw_port = free_port(), free_port()
