@@ -61,9 +61,14 @@ MAKE_CASES = [({"ASR_ENGINE": "fake"}, ".venv/bin/asr-server serve"),
 def test_make_serve_runs_the_chosen_engine(env: dict[str, str], command: str) -> None:
     if not (ROOT / "Makefile").exists() or subprocess.run(["which", "make"], capture_output=True).returncode:
         pytest.skip("make is not installed")
-    dry = subprocess.run(["make", "-n", "serve"], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+    # Not the make that may be running this suite (`make test`): its MAKEFLAGS would change what -n prints.
+    outer = {name: value for name, value in os.environ.items() if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    dry = subprocess.run(
+        ["make", "--no-print-directory", "-n", "serve"], cwd=ROOT, env={**outer, **env}, capture_output=True, text=True
+    )
     assert dry.returncode == 0, dry.stderr
-    assert dry.stdout.strip().splitlines()[-1] == command
+    served = [line for line in dry.stdout.splitlines() if "asr-server serve" in line]
+    assert served == [command], dry.stdout
 
 
 def test_the_script_runs_standalone() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -89,9 +90,13 @@ class LongMediaPipeline:
                 outcome = task.result()  # raises the piece's error
                 outcomes[outcome.chunk.index] = outcome
 
+        # One thread decodes, and is waited for before returning, even when this run is cancelled: the caller
+        # closes the file once `run` returns, and must not close it under a read still in progress.
+        decoder = ThreadPoolExecutor(1, thread_name_prefix="long-media-decode")
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                piece = await asyncio.to_thread(next, pieces, None)
+                piece = await loop.run_in_executor(decoder, next, pieces, None)
                 if piece is None:
                     break
                 stored = done.get(piece.index)
@@ -107,6 +112,7 @@ class LongMediaPipeline:
                 task.cancel()
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.shield(asyncio.to_thread(decoder.shutdown, wait=True))
         return [outcomes[index] for index in sorted(outcomes)]
 
 
