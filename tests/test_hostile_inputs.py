@@ -110,7 +110,12 @@ def test_truncated_and_malformed_files_are_4xx_or_flagged(server: ServerProcess)
 def _stream_endless_header(port: int, limit: int) -> tuple[int, bytes]:
     """Send one header value without end until the server answers or closes; bytes sent and its answer."""
     sent = 0
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # A small send buffer of our own: otherwise the kernel takes up to tcp_wmem's 4 MiB from us unread, and
+        # "sent" would measure this machine's buffers rather than what the server read.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", port))
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Endless: ")
         chunk = b"a" * 65536
         try:
