@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
@@ -22,9 +22,10 @@ from asr_server.api.protocol import (
 )
 from asr_server.api.uploads import SUBTITLE_MEDIA_TYPES
 from asr_server.engines import Transcript
+from asr_server.errors import ServiceError
 from asr_server.services.segments import token_logprobs, verbose_segments
 from asr_server.services.subtitles import TimedTranscription
-from asr_server.services.transcription import TranscriptionResult
+from asr_server.services.transcription import TextDelta, TranscriptionResult
 from asr_server.subtitle import words_payload
 from asr_server.text.cues import to_srt, to_vtt
 from asr_server.text.languages import language_code, language_label
@@ -34,8 +35,32 @@ def duration_usage(seconds: float) -> DurationUsage:
     return DurationUsage(seconds=math.ceil(seconds))
 
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no caching, no proxy buffering
+
+
 def sse_event(payload: dict[str, object]) -> bytes:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+async def sse_text(deltas: AsyncIterator[TextDelta], *, logprobs: bool = False) -> AsyncIterator[bytes]:
+    """OpenAI's streaming shape: `transcript.text.delta` per delta, then `transcript.text.done`; with
+    `include[]=logprobs` each carries the log-probabilities of its tokens. An error mid-stream (the status line is
+    gone) is an `error` event."""
+    text = ""
+    scores: list[dict[str, object]] = []
+    try:
+        async for delta in deltas:
+            text += delta.text
+            payload: dict[str, object] = {"type": "transcript.text.delta", "delta": delta.text}
+            if logprobs:
+                piece = token_logprobs([delta.transcript])
+                payload["logprobs"] = piece
+                scores.extend(piece)
+            yield sse_event(payload)
+    except ServiceError as exc:
+        yield sse_event({"type": "error", **exc.envelope()})
+        return
+    yield sse_event({"type": "transcript.text.done", "text": text, **({"logprobs": scores} if logprobs else {})})
 
 
 def format_plain(

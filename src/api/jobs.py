@@ -12,7 +12,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from asr_server.api.dependencies import ServicesDep
-from asr_server.api.formats import format_plain, format_timed
+from asr_server.api.formats import SSE_HEADERS, format_plain, format_timed
 from asr_server.api.jobs_protocol import (
     JOB_CREATE_RESPONSES,
     JOB_RESPONSES,
@@ -175,6 +175,4 @@ async def job_events(job_id: str, request: Request, services: ServicesDep) -> St
                 quiet = 0.0
             job = await services.jobs.get(job_id, owner)
 
-    return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

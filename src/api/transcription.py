@@ -9,9 +9,9 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from asr_server.api.dependencies import AppServices, ServicesDep, cancel_on_disconnect
-from asr_server.api.formats import duration_usage, format_plain, format_timed, sse_event
-from asr_server.api.long_transcription import refuse_speakers, stream_long, transcribe_long
+from asr_server.api.dependencies import ServicesDep, cancel_on_disconnect
+from asr_server.api.formats import SSE_HEADERS, duration_usage, format_plain, format_timed, sse_event, sse_text
+from asr_server.api.long_transcription import stream_long, transcribe_long
 from asr_server.api.protocol import (
     TRANSCRIPTION_RESPONSES,
     DiarizedSegment,
@@ -25,13 +25,12 @@ from asr_server.api.protocol import (
 from asr_server.api.speaker_form import SpeakerForm, check_speaker_fields, speaker_options
 from asr_server.api.uploads import (
     CueLayoutForm,
+    needs_whole_audio,
     open_upload,
     resolve_mode,
 )
 from asr_server.errors import InvalidField, ServiceError
-from asr_server.media.audio import DecodedAudio
 from asr_server.media.long_audio import LongAudio
-from asr_server.services.segments import token_logprobs
 from asr_server.services.speakers import speaker_segments
 from asr_server.services.subtitles import SubtitleMode, TimedTranscription
 from asr_server.streaming.protocol import MAX_PROMPT_CHARS
@@ -104,29 +103,6 @@ async def sse_diarized(work: Awaitable[TimedTranscription]) -> AsyncIterator[byt
     yield sse_event({"type": "transcript.text.done", "text": result.text})
 
 
-async def sse_transcription(
-    services: AppServices, audio: DecodedAudio, language: str | None, context: str, *, logprobs: bool = False
-) -> AsyncIterator[bytes]:
-    """OpenAI's streaming shape: `transcript.text.delta` per finished segment, then `transcript.text.done`;
-    with `include[]=logprobs` each carries the log-probabilities of its tokens."""
-
-    text = ""
-    scores: list[dict[str, object]] = []
-    try:
-        async for delta in services.transcription.transcribe_progressively(audio, language=language, context=context):
-            text += delta.text
-            payload: dict[str, object] = {"type": "transcript.text.delta", "delta": delta.text}
-            if logprobs:
-                piece = token_logprobs([delta.transcript])
-                payload["logprobs"] = piece
-                scores.extend(piece)
-            yield sse_event(payload)
-    except ServiceError as exc:  # mid-stream: the status line is gone, so the error is an event
-        yield sse_event({"type": "error", **exc.envelope()})
-        return
-    yield sse_event({"type": "transcript.text.done", "text": text, **({"logprobs": scores} if logprobs else {})})
-
-
 @router.post("/transcribe", summary="Transcribe an audio file", responses=TRANSCRIPTION_RESPONSES)
 @router.post(
     "/v1/audio/transcriptions",
@@ -192,7 +168,7 @@ async def transcribe(
     if isinstance(audio, LongAudio):  # past LONG_AUDIO_SECONDS: piece by piece
         if labelled:
             audio.close()
-            raise refuse_speakers(services)
+            raise needs_whole_audio(services, "speaker labelling")
         if stream:
             return stream_long(services, audio, language=language_name, context=prompt or "", logprobs=logprobs)
         return await transcribe_long(
@@ -217,13 +193,16 @@ async def transcribe(
         return StreamingResponse(
             sse_diarized(work),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=SSE_HEADERS,
         )
     if stream:
         return StreamingResponse(
-            sse_transcription(services, audio, language_name, prompt or "", logprobs=logprobs),
+            sse_text(
+                services.transcription.transcribe_progressively(audio, language=language_name, context=prompt or ""),
+                logprobs=logprobs,
+            ),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=SSE_HEADERS,
         )
     if not timed:
         result = await cancel_on_disconnect(

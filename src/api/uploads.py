@@ -72,14 +72,19 @@ async def decode_upload(file: UploadFile, services: AppServices, feature: str = 
     audio = await open_upload(file, services)
     if isinstance(audio, LongAudio):
         audio.close()
-        limit = services.settings.long_audio_seconds
-        raise PayloadTooLarge(
-            f"{feature} takes audio up to {limit:g} s (LONG_AUDIO_SECONDS); longer audio is transcribed by "
-            "/v1/audio/transcriptions without speakers, or as a job (POST /v1/jobs)",
-            param="file",
-            code="audio_too_long",
-        )
+        raise needs_whole_audio(services, feature)
     return audio
+
+
+def needs_whole_audio(services: AppServices, feature: str) -> PayloadTooLarge:
+    """The 413 for a `feature` that needs the whole recording at once, given audio past LONG_AUDIO_SECONDS."""
+    limit = services.settings.long_audio_seconds
+    return PayloadTooLarge(
+        f"{feature} takes audio up to {limit:g} s (LONG_AUDIO_SECONDS): it needs the whole recording at once; "
+        "longer audio is transcribed without it by /v1/audio/transcriptions, or as a job (POST /v1/jobs)",
+        param="file",
+        code="audio_too_long",
+    )
 
 
 class CueLayout(BaseModel):

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ class JobRunner:
         settings: Settings,
         store: JobStore,
         pipeline: LongMediaPipeline,
-        describe: Any,  # JobRecord -> dict: the job's public JSON (the webhook's body)
+        describe: Callable[[JobRecord], dict[str, Any]],  # the job's public JSON (the webhook's body)
     ) -> None:
         self._settings = settings
         self._store = store

@@ -256,9 +256,7 @@ class JobStore:
             state=JobState.queued.value,
             lease_owner=None,
             lease_until=None,
-            attempts=sa.func.max(jobs.c.attempts - 1, 0)
-            if self.dialect == "sqlite"
-            else sa.func.greatest(jobs.c.attempts - 1, 0),
+            attempts=sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
             updated_at=time.time(),
         )
 

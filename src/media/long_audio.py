@@ -7,6 +7,7 @@ so far and then reads on, for the piece-by-piece path. Memory is bounded by `who
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +24,7 @@ class LongAudio:
 
     def __init__(self, stream: AudioStream, head: list[np.ndarray]) -> None:
         self._stream = stream
-        self._head = head
+        self._head = deque(head)
 
     @property
     def declared_duration(self) -> float | None:
@@ -40,7 +41,7 @@ class LongAudio:
 
     def blocks(self) -> Iterator[np.ndarray]:
         while self._head:
-            yield self._head.pop(0)
+            yield self._head.popleft()
         yield from self._stream
 
     def close(self) -> None:

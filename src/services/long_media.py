@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,7 +26,9 @@ from asr_server.media.pieces import AudioPiece
 from asr_server.queue import PRIORITY_HTTP
 from asr_server.services.segments import SpeechFrames
 from asr_server.services.subtitles import ChunkTiming, PieceOutcome, SubtitleMode, SubtitlePipeline
+from asr_server.services.transcription import TextDelta
 from asr_server.subtitle import WordTiming
+from asr_server.text.units import join_pieces
 
 OnPiece = Callable[[PieceOutcome], Awaitable[None]]
 
@@ -39,6 +41,14 @@ class LongMediaPipeline:
     @property
     def piece_seconds(self) -> float:
         return self._subtitles.piece_seconds
+
+    def text_deltas(
+        self, pieces: Iterator[AudioPiece], *, language: str | None, context: str
+    ) -> AsyncIterator[TextDelta]:
+        """The text of `pieces` as deltas in audio order (each with its joining space), one as soon as its piece
+        and every piece before it are done, as `TranscriptionService.transcribe_progressively` gives for whole
+        audio. Closing the iterator early cancels the pieces not yet run."""
+        return _text_deltas(self, pieces, language=language, context=context)
 
     async def run(
         self,
@@ -119,6 +129,45 @@ class LongMediaPipeline:
 def _same_span(outcome: PieceOutcome, piece: AudioPiece) -> bool:
     """A stored piece is reused only where the file was cut at the same points again."""
     return abs(outcome.chunk.start - piece.start) < 1e-6 and abs(outcome.chunk.end - piece.end) < 1e-6
+
+
+# --- progressive text ------------------------------------------------------------------------------------------
+async def _text_deltas(
+    pipeline: LongMediaPipeline, pieces: Iterator[AudioPiece], *, language: str | None, context: str
+) -> AsyncIterator[TextDelta]:
+    """Text deltas in audio order (see `LongMediaPipeline.text_deltas`)."""
+    finished: dict[int, PieceOutcome] = {}
+    arrived = asyncio.Event()
+
+    async def keep(outcome: PieceOutcome) -> None:
+        finished[outcome.chunk.index] = outcome
+        arrived.set()
+
+    run = asyncio.ensure_future(
+        pipeline.run(pieces, language=language, context=context, mode=SubtitleMode.fast, timed=False, on_piece=keep)
+    )
+    emitted, following = "", 0
+    try:
+        while True:
+            while following in finished:
+                outcome = finished.pop(following)
+                following += 1
+                joined = join_pieces([emitted, outcome.transcript.text])
+                if len(joined) > len(emitted):
+                    yield TextDelta(joined[len(emitted) :], outcome.transcript)
+                    emitted = joined
+            if run.done():
+                run.result()  # raises the run's error
+                if following not in finished:
+                    return
+                continue
+            arrived.clear()
+            waiter = asyncio.ensure_future(arrived.wait())
+            await asyncio.wait([run, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
 
 
 # --- a piece's outcome as JSON (jobs store it, so a finished piece is never run again) ----------------------

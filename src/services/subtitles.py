@@ -100,7 +100,7 @@ async def assemble(
     languages = [outcome.chunk.language for outcome in outcomes]
     return TimedTranscription(
         text=join_pieces(outcome.transcript.text for outcome in outcomes),
-        language=_majority_language(languages) or language,
+        language=majority_language(languages) or language,
         duration=duration,
         words=words,
         cues=cues,
@@ -111,7 +111,8 @@ async def assemble(
     )
 
 
-def _majority_language(languages: list[str]) -> str | None:
+def majority_language(languages: Sequence[str]) -> str | None:
+    """The language named most often ("" = unnamed), None when none is named."""
     named = [lang for lang in languages if lang]
     return max(set(named), key=named.count) if named else None
 
